@@ -1,0 +1,42 @@
+# Entry points. Every target builds .venv on first use (pinned dependencies, CPU torch when no GPU).
+#   make train [EXP=gdsd_tiny_sudoku] [ARGS="key=value ..."]
+#   make eval  [EXP=...] [CKPT=path] [DATA=path] [OUT=dir]
+#   make test
+EXP  ?= gdsd_tiny_sudoku
+ARGS ?=
+CKPT ?=
+DATA ?=
+OUT  ?=
+PY   := .venv/bin/python
+# On a CPU host `pip install torch==2.13.0` must resolve to the CPU build (a local wheel or the
+# CPU index); pass e.g. TORCH_PIP_ARGS="--index-url <cpu wheel index>" where neither is configured.
+TORCH_VERSION  ?= 2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: train eval test test-slow data clean-venv
+
+.venv/.installed: pyproject.toml requirements.lock
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+train: .venv/.installed
+	$(PY) -m gdsd_lightning train $(EXP) $(ARGS)
+
+eval: .venv/.installed
+	$(PY) -m gdsd_lightning eval $(EXP) $(if $(CKPT),--ckpt $(CKPT)) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+data: .venv/.installed
+	$(PY) -m gdsd_lightning make-data --out data
+
+test: .venv/.installed
+	$(PY) -m pytest
+
+test-slow: .venv/.installed
+	$(PY) -m pytest -m slow
+
+clean-venv:
+	rm -rf .venv

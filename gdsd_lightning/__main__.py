@@ -1,0 +1,3 @@
+from gdsd_lightning.cli import main
+
+main()

@@ -1,0 +1,105 @@
+"""Callbacks: rollout statistics and sample texts, the val-accuracy history, the run summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+
+from gdsd_lightning.runs import write_json
+
+
+def log_text(trainer: L.Trainer, tag: str, text: str) -> None:
+    experiment = getattr(trainer.logger, "experiment", None)
+    if experiment is not None and hasattr(experiment, "add_text"):
+        experiment.add_text(tag, text, global_step=trainer.global_step)
+
+
+def samples_markdown(rows: list[tuple[str, str, float]]) -> str:
+    """A markdown table of (prompt, completion, reward) for TensorBoard's text tab."""
+    escape = lambda s: s.replace("|", "\\|").replace("\n", "⏎")  # noqa: E731
+    lines = ["| prompt | completion | reward |", "|---|---|---|"]
+    lines += [f"| {escape(p)} | {escape(c)} | {r:.3f} |" for p, c, r in rows]
+    return "\n".join(lines)
+
+
+class RolloutStatistics(L.Callback):
+    """Per rollout: reward mean/std, fraction of zero-std groups, completion length, entropy;
+    every `text_every_n_steps` optimiser steps a few sample completions as TensorBoard text."""
+
+    def __init__(self, text_every_n_steps: int = 50, num_texts: int = 4):
+        self.text_every_n_steps, self.num_texts = text_every_n_steps, num_texts
+        self._last_text_step = -1
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        rollout = getattr(module, "last_rollout", None)
+        if rollout is None:
+            return
+        grouped = rollout.rewards.view(-1, rollout.group_size)
+        stats = {
+            "rollout/reward_mean": rollout.rewards.mean(),
+            "rollout/reward_std": rollout.rewards.std(),
+            "rollout/zero_std_group_fraction": (grouped.std(dim=1) < 1e-8).float().mean(),
+            "rollout/completion_length": rollout.lengths.mean(),
+            "rollout/entropy": rollout.entropy.mean(),
+        }
+        module.log_dict(stats, batch_size=rollout.rewards.numel(), prog_bar=False)
+        module.log("reward", stats["rollout/reward_mean"], prog_bar=True, logger=False, batch_size=1)
+        step = trainer.global_step
+        if step // self.text_every_n_steps != self._last_text_step // self.text_every_n_steps:
+            self._last_text_step = step
+            rows = list(zip(rollout.prompts, rollout.completions, rollout.rewards.tolist()))[: self.num_texts]
+            log_text(trainer, "rollout/samples", samples_markdown(rows))
+
+
+class ValHistory(L.Callback):
+    """Keeps (step, val accuracy) pairs (saved in checkpoints, so a resumed run keeps its
+    history), logs val sample completions as text, and writes summary.json at the end of fit."""
+
+    def __init__(self, run_dir: Path, experiment: str):
+        self.run_dir, self.experiment = run_dir, experiment
+        self.history: list[list[float]] = []
+        self.elapsed_before = 0.0
+        self._start = time.time()
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking or "val/accuracy" not in trainer.callback_metrics:
+            return
+        accuracy = float(trainer.callback_metrics["val/accuracy"])
+        if self.history and self.history[-1][0] == trainer.global_step:
+            self.history[-1][1] = accuracy
+        else:
+            self.history.append([trainer.global_step, accuracy])
+        samples = getattr(module, "val_samples", [])
+        log_text(trainer, "val/samples", samples_markdown([(s["prompt"], s["completion"], s["reward"]) for s in samples]))
+
+    def on_fit_start(self, trainer, module) -> None:
+        self._start = time.time()
+
+    def on_fit_end(self, trainer, module) -> None:
+        if trainer.is_global_zero:
+            self.write_summary(trainer)
+
+    def wall_time(self) -> float:
+        return self.elapsed_before + time.time() - self._start
+
+    def write_summary(self, trainer) -> None:
+        best = max(self.history, key=lambda p: p[1]) if self.history else None
+        write_json(self.run_dir / "summary.json", {
+            "experiment": self.experiment,
+            "steps": trainer.global_step,
+            "wall_time_s": round(self.wall_time(), 1),
+            "val_accuracy": self.history,
+            "final_val_accuracy": self.history[-1][1] if self.history else None,
+            "best_val_accuracy": best[1] if best else None,
+            "best_step": best[0] if best else None,
+        })
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "elapsed": self.wall_time()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [list(p) for p in state["history"]]
+        self.elapsed_before = state["elapsed"]
+

@@ -1,0 +1,152 @@
+"""Command line: `python -m gdsd_lightning {train,eval,make-data,list} ...`.
+
+    train EXP [key=value ...]                         train an experiment (SFT or RL)
+    eval EXP [--ckpt P] [--data F] [--out D] [k=v]    greedy evaluation on the test split or F
+    make-data [--out data]                            regenerate the frozen task splits
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from gdsd_lightning.errors import UserError
+
+
+def quiet_libraries() -> None:
+    """Keep the console to our progress bars and sentences."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*ModelCheckpoint with manual optimization.*")  # post-step state is wanted
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def train(cfg) -> Path:
+    """Train one experiment; returns its run directory."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from gdsd_lightning.callbacks import RolloutStatistics, ValHistory
+    from gdsd_lightning.config import save_config
+    from gdsd_lightning.data import PromptDataModule
+    from gdsd_lightning.models.build import build_policy
+    from gdsd_lightning.module import DiffusionRLModule, SFTModule
+    from gdsd_lightning.runs import FINAL_MODEL, create_run_dir, require_file
+    from gdsd_lightning.tasks import get_task
+
+    L.seed_everything(cfg.seed, verbose=False)
+    task = get_task(cfg.task.name)
+    policy = build_policy(cfg)
+    supervised = cfg.method.name == "sft"
+    steps_per_batch = 1 if supervised else cfg.method.num_iterations
+    module = (SFTModule if supervised else DiffusionRLModule)(cfg, policy, task)
+    batch_size = cfg.batch_size if supervised else cfg.rollout.prompts_per_step
+    datamodule = PromptDataModule(cfg, task, batch_size, steps_per_batch)
+    datamodule.setup("fit")
+
+    resume = str(require_file(cfg.resume, "resume checkpoint")) if cfg.resume else None
+    run_dir = Path(resume).resolve().parents[1] if resume else create_run_dir(cfg)
+    save_config(cfg, run_dir / "config.yaml")
+    history = ValHistory(run_dir, cfg.name)
+    callbacks = [
+        history,
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
+                        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_top_k=1, save_last="link"),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/accuracy", mode="max",
+                        save_top_k=1, auto_insert_metric_name=False),
+    ]
+    if not supervised:
+        callbacks.append(RolloutStatistics(text_every_n_steps=cfg.trainer.val_every_n_steps))
+    t = cfg.trainer
+    trainer = L.Trainer(
+        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=max(1, t.val_every_n_steps // steps_per_batch), check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1, callbacks=callbacks,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False),
+        default_root_dir=str(run_dir), enable_model_summary=False, inference_mode=False,
+    )
+    print(f"[gdsd] {cfg.name}: run directory {run_dir}", flush=True)
+    if not resume:
+        trainer.validate(module, datamodule=datamodule, verbose=False)   # the step-0 point of the curve
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    if not history.history or history.history[-1][0] != trainer.global_step:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    if trainer.is_global_zero:
+        module.policy.save(run_dir / FINAL_MODEL)
+        history.write_summary(trainer)
+        curve = ", ".join(f"{int(s)}: {a:.3f}" for s, a in history.history)
+        print(f"[gdsd] {cfg.name}: val accuracy by step {{{curve}}}; model in {run_dir / FINAL_MODEL}", flush=True)
+    return run_dir
+
+
+def train_with_base(name: str, overrides: list[str]) -> Path:
+    """Train `name`; if its base model (model.init_from) is missing, train the base first."""
+    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.models.build import MissingBaseModel
+
+    cfg = load_experiment(name, overrides)
+    try:
+        return train(cfg)
+    except MissingBaseModel as missing:
+        print(f"[gdsd] base model {missing.experiment!r} not found: training it first "
+              f"(`make train EXP={missing.experiment}`)", flush=True)
+        base_overrides = [o for o in overrides if o.split("=")[0] in ("runs_dir", "task.data_dir")]
+        train(load_experiment(missing.experiment, base_overrides))
+        return train(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gdsd_lightning", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train an experiment")
+    p_train.add_argument("experiment")
+    p_train.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p_eval = sub.add_parser("eval", help="evaluate a trained model greedily")
+    p_eval.add_argument("experiment")
+    p_eval.add_argument("--ckpt", help="saved model directory or Lightning .ckpt (default: latest final model)")
+    p_eval.add_argument("--data", help="data file in the task's format (default: the test split)")
+    p_eval.add_argument("--out", help="output directory for generations.jsonl and summary.json")
+    p_eval.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p_data = sub.add_parser("make-data", help="regenerate the frozen sudoku/countdown splits")
+    p_data.add_argument("--out", default="data")
+    sub.add_parser("list", help="list the experiments")
+    args = parser.parse_args(argv)
+
+    quiet_libraries()
+    try:
+        if args.command == "train":
+            train_with_base(args.experiment, args.overrides)
+        elif args.command == "eval":
+            from gdsd_lightning.config import load_experiment
+            from gdsd_lightning.evaluate import evaluate
+
+            summary = evaluate(load_experiment(args.experiment, args.overrides), args.ckpt, args.data, args.out)
+            print(" ".join(f"{k}={v}" for k, v in summary.items()))
+        elif args.command == "make-data":
+            from gdsd_lightning.tasks.splits import GENERATED_TASKS, write_splits
+
+            for name in GENERATED_TASKS:
+                for path in write_splits(args.out, name):
+                    print(f"wrote {path}")
+        elif args.command == "list":
+            from gdsd_lightning.config import list_experiments
+
+            print("\n".join(list_experiments()))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,229 @@
+"""Structured experiment configs: one YAML per experiment, composed from base files, overridden
+from the command line, validated at start-up (unknown keys, wrong types, impossible combinations).
+
+    cfg = load_experiment("gdsd_tiny_sudoku", ["trainer.max_steps=50", "method.psi=10"])
+
+An experiment YAML may start with `extends: [_base/tiny.yaml, ...]` (paths relative to
+experiments/); later files and the command line win. The `method` section is validated against
+the chosen objective's own config class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from gdsd_lightning.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sudoku"
+    data_dir: str = "data"                 # generated splits: <data_dir>/<task>/{train,val,test}.*
+    train_path: Optional[str] = None       # overrides of the split files
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    num_val: int = 128                     # val examples scored at each periodic evaluation
+    prompt_style: str = "plain"            # plain (tiny models) | chat (instruct models)
+
+
+@dataclass
+class ModelConfig:
+    family: str = "tiny-llada"
+    path: Optional[str] = None             # a saved model directory; None: build a fresh tiny model
+    init_from: Optional[str] = None        # experiment whose latest final model is the base
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "block"                    # block (LLaDA) | dream
+    gen_length: int = 16
+    block_length: int = 16
+    steps: int = 8
+    temperature: float = 0.0
+    remasking: str = "low_confidence"      # low_confidence | random
+    top_p: float = 0.95                    # dream sampler only
+    eps: float = 1e-3                      # dream sampler only
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 8              # prompts per rollout batch (per rank)
+    num_generations: int = 8               # G completions per prompt
+    temperature: float = 1.0               # sampling temperature during training rollouts
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 0
+    scheduler: str = "constant"            # constant | cosine
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100                   # optimiser steps
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"                 # auto | ddp | fsdp
+    precision: str = "32-true"
+    log_every_n_steps: int = 1
+    val_every_n_steps: int = 50            # optimiser steps between periodic evaluations
+    checkpoint_every_n_steps: int = 50
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    num_examples: Optional[int] = None     # None: the whole split
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "unnamed"
+    description: str = ""
+    seed: int = 0
+    batch_size: int = 64                   # SFT examples per optimiser step
+    runs_dir: str = "runs"
+    run_name: Optional[str] = None         # default: a timestamp
+    resume: Optional[str] = None           # a last.ckpt to continue from
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    method: Any = field(default_factory=lambda: {"name": "sft"})  # validated by the objective
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def experiment_path(name: str) -> Path:
+    """experiments/<name>.yaml, or `name` itself when it is a path to a YAML file."""
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    path = EXPERIMENTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_experiments())
+        raise UserError(f"unknown experiment {name!r}; known experiments: {known}")
+    return path
+
+
+def list_experiments() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> DictConfig:
+    """A YAML file with its `extends` chain merged in (parents first)."""
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends: report file and reason
+        raise UserError(f"{path} is not valid YAML: {err}") from None
+    parents = raw.pop("extends", []) if isinstance(raw, DictConfig) else []
+    merged = OmegaConf.create()
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = OmegaConf.merge(merged, read_yaml((path.parent / parent).resolve()))
+    return OmegaConf.merge(merged, raw)
+
+
+def _valid_keys(schema: DictConfig, full_key: str) -> str:
+    """Comma-separated keys valid at the parent of `full_key` in `schema`."""
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    node = OmegaConf.select(schema, parent) if parent else schema
+    keys = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    return ", ".join(keys)
+
+
+def merge_checked(schema: DictConfig, *sources: DictConfig, where: str, prefix: str = "") -> DictConfig:
+    """Merge `sources` into the structured `schema`; an unknown key or wrong type becomes a
+    `UserError` naming the key and the valid ones."""
+    try:
+        return OmegaConf.merge(schema, *sources)
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = err.full_key or str(err)
+        raise UserError(f"unknown config key {prefix + key!r} in {where}; "
+                        f"valid keys here: {_valid_keys(schema, key)}") from None
+    except ValidationError as err:
+        raise UserError(f"config key {prefix + err.full_key!r} in {where}: {err.msg}") from None
+
+
+def load_experiment(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Load, merge and validate an experiment; returns a read-only structured config."""
+    path = experiment_path(name)
+    try:
+        cli = OmegaConf.from_dotlist(list(overrides or []))
+    except Exception as err:
+        raise UserError(f"cannot parse command-line overrides {overrides}: {err}") from None
+    where = f"{path} or the command-line overrides"
+    cfg = merge_checked(OmegaConf.structured(ExperimentConfig), read_yaml(path), cli, where=where)
+    if cfg.name == "unnamed":
+        cfg.name = path.stem
+    cfg.method = validate_method(cfg.method, where)
+    check_combinations(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def validate_method(method: DictConfig, where: str) -> DictConfig:
+    """Validate the `method` section against the named objective's config dataclass."""
+    from gdsd_lightning.objectives import OBJECTIVES  # objectives import config types
+
+    name = method.get("name")
+    if name not in OBJECTIVES:
+        raise UserError(f"unknown method.name {name!r} in {where}; known methods: {', '.join(sorted(OBJECTIVES))}")
+    schema = OmegaConf.structured(OBJECTIVES[name].Config)
+    merged = merge_checked(schema, method, where=where, prefix="method.")
+    wrapped = OmegaConf.create({"method": merged})
+    return wrapped.method
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    """Refuse settings that cannot work together, in one sentence each."""
+    s = cfg.sampler
+    problems = []
+    if s.kind not in ("block", "dream"):
+        problems.append(f"sampler.kind must be 'block' or 'dream', got {s.kind!r}")
+    if s.gen_length % s.block_length:
+        problems.append(f"sampler.block_length ({s.block_length}) must divide sampler.gen_length ({s.gen_length})")
+    elif s.steps % (s.gen_length // s.block_length):
+        problems.append(f"sampler.steps ({s.steps}) must be a multiple of the number of blocks ({s.gen_length // s.block_length})")
+    if s.steps < 1 or s.steps > s.gen_length:
+        problems.append(f"sampler.steps must be in 1..gen_length ({s.gen_length}), got {s.steps}")
+    if cfg.task.prompt_style not in ("plain", "chat"):
+        problems.append(f"task.prompt_style must be 'plain' or 'chat', got {cfg.task.prompt_style!r}")
+    if cfg.rollout.num_generations < 2 and cfg.method.name != "sft":
+        problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
+    if cfg.optim.scheduler not in ("constant", "cosine"):
+        problems.append(f"optim.scheduler must be 'constant' or 'cosine', got {cfg.optim.scheduler!r}")
+    if cfg.method.get("num_iterations", 1) < 1:
+        problems.append(f"method.num_iterations (mu) must be at least 1, got {cfg.method.num_iterations}")
+    mu = cfg.method.get("num_iterations", 1)
+    for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
+        if mu >= 1 and cfg.trainer[key] % mu:
+            problems.append(f"trainer.{key} ({cfg.trainer[key]}) must be a multiple of method.num_iterations ({mu}), "
+                            "the optimiser steps per rollout")
+    if cfg.model.path is not None and cfg.model.init_from is not None:
+        problems.append("set at most one of model.path and model.init_from")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)

@@ -1,0 +1,1 @@
+"""Masking schemes, samplers and denoiser log-prob / ELBO estimators."""

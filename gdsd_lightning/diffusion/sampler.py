@@ -1,0 +1,166 @@
+"""Diffusion samplers (../shared/methods.md, "Samplers"), vectorised over the batch.
+
+`block_sample`: LLaDA's semi-autoregressive low-confidence sampler. `dream_sample`: Dream's
+whole-sequence entropy sampler. Both start from the prompt followed by L mask tokens, commit a
+scheduled number of tokens per step, and can record every intermediate state (d-OPSD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gdsd_lightning.models.adapter import DiffusionLM
+
+
+@dataclass
+class SampleOutput:
+    completions: torch.Tensor                              # (B, L) generated tokens
+    entropy: torch.Tensor | None = None                    # (B,) mean entropy where tokens were committed
+    states: list[torch.Tensor] = field(default_factory=list)  # (B, L) completion before each step
+    state_blocks: list[int] = field(default_factory=list)     # block index of each recorded state
+
+
+def split_evenly(counts: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B,) counts -> (B, steps) per-step counts, remainder to the earliest steps."""
+    base = counts.unsqueeze(1) // steps
+    remainder = counts.unsqueeze(1) % steps
+    return base + (torch.arange(steps, device=counts.device).unsqueeze(0) < remainder).long()
+
+
+def top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Bool mask of the k[i] highest scores of row i (ties broken by position), no Python loop."""
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    return ranks < k.unsqueeze(1)
+
+
+def start_sequence(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                   gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt followed by `gen_length` mask tokens, and the matching attention mask."""
+    batch, device = prompt_ids.shape[0], prompt_ids.device
+    masks = torch.full((batch, gen_length), model.mask_id, dtype=torch.long, device=device)
+    ones = torch.ones(batch, gen_length, dtype=prompt_mask.dtype, device=device)
+    return torch.cat([prompt_ids, masks], 1), torch.cat([prompt_mask, ones], 1)
+
+
+def proposal_logits(model: DiffusionLM, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """Float32 denoiser logits with the mask token itself excluded from the proposals."""
+    logits = model(x, attention).float()
+    logits[..., model.mask_id] = -torch.inf
+    return logits
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) along the vocabulary (logits may hold -inf)."""
+    log_probs = logits.log_softmax(-1)
+    return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Sample argmax(logits / tau + Gumbel) with the noise in float64; plain argmax at tau = 0."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    return (logits.double() / temperature + gumbel).argmax(dim=-1)
+
+
+@torch.no_grad()
+def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
+                 block_length: int, steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
+                 generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
+    """LLaDA block sampler.
+
+    The L completion masks form L/block_length blocks, decoded left to right with
+    steps/num_blocks steps each. Per step: x0 = Gumbel-max sample at temperature tau (argmax at
+    0); confidence = softmax probability of x0 (`low_confidence`) or uniform noise (`random`);
+    the most confident still-masked positions of the current block are committed, as many as the
+    block's masked count split evenly over its steps (remainder to the earliest steps).
+    """
+    if gen_length % block_length or steps % (gen_length // block_length):
+        raise ValueError("block_length must divide gen_length and the block count must divide steps")
+    prompt_len, device = prompt_ids.shape[1], prompt_ids.device
+    x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
+    num_blocks = gen_length // block_length
+    steps_per_block = steps // num_blocks
+    out = SampleOutput(completions=x[:, prompt_len:])
+    entropy_sum = torch.zeros(x.shape[0], device=device)
+    for block in range(num_blocks):
+        start, end = prompt_len + block * block_length, prompt_len + (block + 1) * block_length
+        in_block = torch.zeros(x.shape[1], dtype=torch.bool, device=device)
+        in_block[start:end] = True
+        schedule = split_evenly((x[:, start:end] == model.mask_id).sum(1), steps_per_block)
+        for step in range(steps_per_block):
+            if record_states:
+                out.states.append(x[:, prompt_len:].clone())
+                out.state_blocks.append(block)
+            logits = proposal_logits(model, x, attention)
+            proposal = gumbel_argmax(logits, temperature, generator)
+            if remasking == "low_confidence":
+                confidence = logits.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
+            elif remasking == "random":
+                confidence = torch.rand(x.shape, generator=generator, device=device)
+            else:
+                raise ValueError(f"unknown remasking {remasking!r}; use low_confidence or random")
+            candidates = (x == model.mask_id) & in_block
+            confidence = torch.where(candidates, confidence, torch.full_like(confidence, -torch.inf))
+            commit = top_k_mask(confidence, schedule[:, step])
+            entropy_sum += (entropy(logits) * commit).sum(1)
+            x = torch.where(commit, proposal, x)
+    out.completions = x[:, prompt_len:]
+    out.entropy = entropy_sum / gen_length
+    return out
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set to -inf every token outside the smallest set whose probability reaches top_p."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keeps at least the top token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, -torch.inf)
+
+
+@torch.no_grad()
+def dream_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
+                 steps: int, temperature: float = 0.0, top_p: float = 0.95, eps: float = 1e-3,
+                 generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
+    """Dream sampler: whole sequence, entropy confidence.
+
+    Timesteps t_0..t_S = linspace(1, eps, S+1); at step i (t = t_i, s = t_{i+1}) each row commits
+    int(n_mask (1 - s/t)) of its masked positions (all remaining at the last step), those whose
+    predictive distribution has the lowest entropy. Tokens are drawn with top-p (when tau > 0)
+    and Gumbel-max at temperature tau. Dream averages n_mask over the batch; here it is per row.
+    """
+    prompt_len = prompt_ids.shape[1]
+    x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
+    timesteps = torch.linspace(1, eps, steps + 1)
+    out = SampleOutput(completions=x[:, prompt_len:])
+    entropy_sum = torch.zeros(x.shape[0], device=x.device)
+    for i in range(steps):
+        if record_states:
+            out.states.append(x[:, prompt_len:].clone())
+            out.state_blocks.append(0)
+        logits = proposal_logits(model, x, attention)
+        if temperature > 0:
+            logits = top_p_filter(logits, top_p)
+        proposal = gumbel_argmax(logits, temperature, generator)
+        token_entropy = entropy(logits)
+        masked = x == model.mask_id
+        n_mask = masked.sum(1)
+        if i < steps - 1:
+            k = (n_mask.float() * (1 - timesteps[i + 1] / timesteps[i])).long()
+        else:
+            k = n_mask
+        confidence = torch.where(masked, -token_entropy, torch.full_like(token_entropy, -torch.inf))
+        commit = top_k_mask(confidence, k)
+        entropy_sum += (token_entropy * commit).sum(1)
+        x = torch.where(commit, proposal, x)
+    out.completions = x[:, prompt_len:]
+    out.entropy = entropy_sum / gen_length
+    return out

@@ -1,0 +1,44 @@
+"""Prompts to completions with the configured sampler, and scoring of completions by the task."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from gdsd_lightning.diffusion.sampler import SampleOutput, block_sample, dream_sample
+from gdsd_lightning.models.adapter import DiffusionLM
+from gdsd_lightning.tasks import Task
+
+
+def prompt_texts(task: Task, examples: list[dict], style: str, tokenizer) -> list[str]:
+    """Plain prompts, or chat prompts rendered with the tokenizer's chat template."""
+    if style == "plain":
+        return [task.prompt(ex) for ex in examples]
+    return [tokenizer.apply_chat_template(task.chat_messages(ex), tokenize=False, add_generation_prompt=True)
+            for ex in examples]
+
+
+def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: DictConfig,
+           temperature: float, generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
+    """Run the configured sampler (`sampler.kind`) at `temperature`."""
+    if sampler.kind == "dream":
+        return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
+                            sampler.top_p, sampler.eps, generator, record_states)
+    return block_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length, sampler.steps,
+                        temperature, sampler.remasking, generator, record_states)
+
+
+def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict]:
+    """Per-completion records: reward, accuracy and the task's extra metrics."""
+    return [{"completion": c, "reward": task.reward(c, ex), "accuracy": task.accuracy(c, ex),
+             **task.extra_metrics(c, ex)} for c, ex in zip(completions, examples)]
+
+
+@torch.no_grad()
+def generate_and_score(policy: DiffusionLM, task: Task, examples: list[dict], cfg: DictConfig) -> list[dict]:
+    """Greedy completions (evaluation protocol) for `examples`, scored by the task."""
+    prompts = prompt_texts(task, examples, cfg.task.prompt_style, policy.tokenizer)
+    ids, mask = policy.encode_prompts(prompts)
+    out = sample(policy, ids.to(policy.device), mask.to(policy.device), cfg.sampler, temperature=0.0)
+    records = score(task, policy.decode(out.completions), examples)
+    return [{"prompt": p, **r} for p, r in zip(prompts, records)]

@@ -1,0 +1,168 @@
+"""LightningModules: the shared evaluation/optimiser base, masked-diffusion SFT, and the RL loop.
+
+One RL training step = one rollout batch:
+
+    prompts -> G samples each (block sampler) -> task rewards -> group advantages
+            -> objective.prepare (old / reference scores, same mask seeds)
+            -> mu x { micro-batch losses -> manual_backward -> clip -> optimiser step }
+
+Nothing here is method-specific: the objective declares the roles it needs (a frozen reference
+when beta > 0) and supplies the loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torchmetrics import MeanMetric
+
+from gdsd_lightning.diffusion.estimators import valid_completion_mask
+from gdsd_lightning.diffusion.masking import generator_for
+from gdsd_lightning.generation import generate_and_score, prompt_texts, sample, score
+from gdsd_lightning.models.adapter import DiffusionLM
+from gdsd_lightning.objectives import OBJECTIVES
+from gdsd_lightning.objectives.base import RolloutBatch, group_advantages
+from gdsd_lightning.objectives.sft import masked_diffusion_loss
+from gdsd_lightning.tasks import Task
+
+
+class DiffusionModule(L.LightningModule):
+    """Holds the policy; evaluates it greedily on the val split; builds AdamW + schedule."""
+
+    def __init__(self, cfg: DictConfig, policy: DiffusionLM, task: Task):
+        super().__init__()
+        self.cfg, self.task = cfg, task
+        self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
+        self.val_means = nn.ModuleDict({k: MeanMetric() for k in ("accuracy", "reward", *task.extra_metric_names)})
+        self.val_samples: list[dict] = []
+
+    def validation_step(self, examples: list[dict], batch_idx: int) -> None:
+        was_training = self.policy.training
+        self.policy.eval()
+        records = generate_and_score(self.policy, self.task, examples, self.cfg)
+        self.policy.train(was_training)
+        for key, metric in self.val_means.items():
+            metric.update(torch.tensor([r[key] for r in records], dtype=torch.float32, device=self.device))
+            self.log(f"val/{key}", metric, on_step=False, on_epoch=True, batch_size=len(records))
+        if batch_idx == 0:
+            self.val_samples = records[:4]
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        total, warmup = self.cfg.trainer.max_steps, o.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if o.scheduler == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class SFTModule(DiffusionModule):
+    """Masked-diffusion SFT on the task's reference completions (builds the tiny bases)."""
+
+    def training_step(self, examples: list[dict], batch_idx: int) -> torch.Tensor:
+        prompts = prompt_texts(self.task, examples, self.cfg.task.prompt_style, self.policy.tokenizer)
+        prompt_ids, prompt_mask = self.policy.encode_prompts(prompts)
+        completion = self.policy.encode_completions([self.task.target(ex) for ex in examples],
+                                                    self.cfg.sampler.gen_length)
+        generator = generator_for(self.cfg.seed * 1_000_003 + self.global_step, self.device)
+        loss = masked_diffusion_loss(self.policy, prompt_ids.to(self.device), prompt_mask.to(self.device),
+                                     completion.to(self.device), generator, self.cfg.method.time_weighting,
+                                     self.cfg.method.eps)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(examples))
+        return loss
+
+
+@dataclass
+class RolloutLog:
+    """What the callbacks see of the latest rollout."""
+
+    prompts: list[str]
+    completions: list[str]
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    lengths: torch.Tensor
+    entropy: torch.Tensor
+    group_size: int
+
+
+class DiffusionRLModule(DiffusionModule):
+    """The RL loop with manual optimisation; the objective supplies everything method-specific."""
+
+    def __init__(self, cfg: DictConfig, policy: DiffusionLM, task: Task):
+        super().__init__(cfg, policy, task)
+        self.automatic_optimization = False
+        self.objective = OBJECTIVES[cfg.method.name](cfg.method, cfg.sampler.gen_length)
+        # Frozen roles live outside the registered module tree: not trained, not checkpointed.
+        self.roles: dict[str, DiffusionLM] = {}
+        if self.objective.needs_reference:
+            self.roles["reference"] = copy.deepcopy(policy).requires_grad_(False).eval()
+        self.last_rollout: RolloutLog | None = None
+
+    @property
+    def reference(self) -> DiffusionLM | None:
+        return self.roles.get("reference")
+
+    def on_fit_start(self) -> None:
+        for name, role in self.roles.items():
+            self.roles[name] = role.to(self.device)
+
+    def rollout_seed(self) -> int:
+        """Seed of the current rollout: a function of (experiment seed, rollout index) only."""
+        rollout_index = self.global_step // self.cfg.method.num_iterations
+        return self.cfg.seed * 1_000_003 + rollout_index
+
+    @torch.no_grad()
+    def rollout(self, examples: list[dict]) -> RolloutBatch:
+        """Sample G completions per prompt, score them and compute group advantages."""
+        group = self.cfg.rollout.num_generations
+        repeated = [ex for ex in examples for _ in range(group)]
+        prompts = prompt_texts(self.task, repeated, self.cfg.task.prompt_style, self.policy.tokenizer)
+        prompt_ids, prompt_mask = (t.to(self.device) for t in self.policy.encode_prompts(prompts))
+        seed = self.rollout_seed()
+        self.policy.eval()
+        out = sample(self.policy, prompt_ids, prompt_mask, self.cfg.sampler, self.cfg.rollout.temperature,
+                     generator_for(seed, self.device))
+        self.policy.train()
+        texts = self.policy.decode(out.completions)
+        rewards = torch.tensor([r["reward"] for r in score(self.task, texts, repeated)], device=self.device)
+        advantages = group_advantages(rewards, group, self.objective.cfg.advantage, self.objective.cfg.scale_advantage)
+        valid = valid_completion_mask(out.completions, self.policy.eos_id)
+        self.last_rollout = RolloutLog(prompts, texts, rewards, advantages,
+                                       (out.completions != self.policy.eos_id).cumprod(1).sum(1).float(),
+                                       out.entropy, group)
+        return RolloutBatch(prompt_ids, prompt_mask, out.completions, valid, rewards, advantages, seed)
+
+    def training_step(self, examples: list[dict], batch_idx: int) -> None:
+        batch = self.rollout(examples)
+        self.objective.prepare(self.policy, self.reference, batch)
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        for iteration in range(self.cfg.method.num_iterations):
+            optimizer.zero_grad()
+            totals: dict[str, torch.Tensor] = {}
+            for micro in batch.split(self.cfg.method.micro_batch_size):
+                loss, metrics = self.objective.loss(self.policy, micro, iteration)
+                weight = micro.rows / batch.rows
+                self.manual_backward(loss * weight)
+                for key, value in {"loss": loss.detach(), **metrics}.items():
+                    totals[key] = totals.get(key, 0.0) + value * weight
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+        self.log_dict({f"train/{k}": v for k, v in totals.items()}, batch_size=batch.rows)
+        self.log("train/grad_norm", grad_norm, batch_size=batch.rows)
+        self.log("train/lr", scheduler.get_last_lr()[0], batch_size=batch.rows)

@@ -1,0 +1,105 @@
+"""The Objective interface: the only thing that differs between RL methods.
+
+    objective.prepare(policy, reference, batch)      # once per rollout, no grad: old/ref quantities
+    loss, metrics = objective.loss(policy, micro, i)  # per micro-batch and inner iteration i
+
+A rollout batch is split into fixed micro-batches; masks are drawn from generators seeded by
+(rollout seed, iteration, Monte-Carlo index, micro-batch index), so `prepare` and `loss` see the
+same masks. `loss` returns a micro-batch mean; the module weights it by the micro-batch's share
+of rows, so the accumulated gradient is that of the whole-batch loss.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Iterator
+
+import torch
+from omegaconf import DictConfig
+
+from gdsd_lightning.models.adapter import DiffusionLM
+
+
+@dataclass
+class RolloutBatch:
+    """Everything one rollout produced; row i belongs to group i // group_size."""
+
+    prompt_ids: torch.Tensor      # (N, P) left-padded
+    prompt_mask: torch.Tensor     # (N, P)
+    completions: torch.Tensor     # (N, L)
+    valid: torch.Tensor           # (N, L) True up to and including the first EOS
+    rewards: torch.Tensor         # (N,)
+    advantages: torch.Tensor      # (N,)
+    seed: int                     # base seed of this rollout's masks
+    micro: int = 0                # index of this micro-batch within the rollout
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, ...) from prepare
+
+    @property
+    def rows(self) -> int:
+        return self.completions.shape[0]
+
+    def split(self, size: int) -> Iterator["RolloutBatch"]:
+        """Fixed micro-batches of `size` rows (the last may be smaller)."""
+        for micro, start in enumerate(range(0, self.rows, size)):
+            rows = slice(start, start + size)
+            tensors = {f.name: getattr(self, f.name)[rows] for f in fields(self)
+                       if isinstance(getattr(self, f.name), torch.Tensor)}
+            yield RolloutBatch(**tensors, seed=self.seed, micro=micro,
+                               extras={k: v[rows] for k, v in self.extras.items()})
+
+    def mask_seed(self, iteration: int, mc: int) -> int:
+        """Seed of the masks for (this rollout, inner iteration, Monte-Carlo draw, micro-batch)."""
+        return (self.seed * 1_000_003 + iteration * 10_007 + mc * 101 + self.micro) % (2**62)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Fields every RL objective has."""
+
+    name: str = "?"
+    num_iterations: int = 1            # mu: optimiser steps per rollout batch
+    micro_batch_size: int = 32         # rows per forward (gradient accumulation inside a step)
+    advantage: str = "group_mean"      # group_mean | leave_one_out
+    scale_advantage: bool = False      # divide by the group std + 1e-4
+    beta: float = 0.0                  # weight of the KL-to-reference term (0: no reference)
+
+
+class Objective(ABC):
+    Config: ClassVar[type] = ObjectiveConfig
+
+    def __init__(self, cfg: DictConfig, gen_length: int):
+        self.cfg = cfg
+        self.gen_length = gen_length
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the module must build the frozen reference role."""
+        return self.cfg.beta > 0
+
+    @torch.no_grad()
+    def prepare(self, policy: DiffusionLM, reference: DiffusionLM | None, batch: RolloutBatch) -> None:
+        """Record rollout-time quantities (old-policy / reference scores) in `batch.extras`."""
+
+    @abstractmethod
+    def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Micro-batch loss at inner iteration `iteration`, and detached metrics to log."""
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, scale: bool) -> torch.Tensor:
+    """Advantages within each group of `group_size` consecutive rows.
+
+    group_mean:    A_i = r_i - mean_j r_j
+    leave_one_out: A_i = r_i - mean_{j != i} r_j
+    scale:         A_i / (std_j r_j + 1e-4)
+    """
+    grouped = rewards.view(-1, group_size)
+    if kind == "group_mean":
+        adv = grouped - grouped.mean(dim=1, keepdim=True)
+    elif kind == "leave_one_out":
+        adv = grouped - (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    else:
+        raise ValueError(f"unknown advantage {kind!r}; use group_mean or leave_one_out")
+    if scale:
+        adv = adv / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    return adv.reshape(-1)

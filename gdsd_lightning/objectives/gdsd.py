@@ -1,0 +1,112 @@
+"""GDSD: Guided Denoiser Self-Distillation, and its token-logit-centralised variant GDSD-TLC.
+
+The self-teacher pi* ~ pi_old^(1-beta) pi_ref^beta exp(psi A) is never built; its log-ratio to
+pi_old is psi A up to a per-prompt constant that group-centred advantages remove. The policy's
+denoiser log-ratio is regressed on that target, on the same masks for policy and old policy:
+
+    r    = clamp(D_theta - D_old, log(1 - eps), log(1 + eps))            per (row, mc)
+    loss = sum_{row, mc} (r / L - psi A_row)^2 / B
+         + beta sum_{row, mc} 1/2 (D_theta - D_ref)^2 / (B K L)          (k2 KL to reference)
+
+D is the coupled denoiser score (`denoiser_score`); GDSD-TLC uses the coupled ELBO instead and
+centres each position's logits on their detached vocabulary mean. Masks: `stratified`, one
+coupled pair per Monte-Carlo draw (K = num_mc). With mu = 1, D_old = D_theta.detach().
+Clamped terms carry no gradient (torch.clamp). `mask_after_eos=False` is the released recipe
+(D sums over all L positions, EOS padding included); True restricts D to the valid tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gdsd_lightning.diffusion.estimators import coupled_elbo, coupled_logprobs, denoiser_score
+from gdsd_lightning.diffusion.masking import generator_for, stratified_mask
+from gdsd_lightning.models.adapter import DiffusionLM
+from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
+
+
+@dataclass
+class GDSDConfig(ObjectiveConfig):
+    name: str = "gdsd"
+    num_iterations: int = 8
+    advantage: str = "leave_one_out"
+    psi: float = 1.0                   # advantage scale of the self-teacher
+    eps: float = 4e-4                  # clamp window on the sequence log-ratio
+    beta: float = 0.0                  # k2 KL to the reference (1e-3 GSM8K, 1e-4 MATH)
+    num_mc: int = 1                    # K Monte-Carlo mask pairs per sequence
+    mask_after_eos: bool = False       # False: recipe behaviour, D over all L positions
+
+
+def gdsd_loss(d_theta: torch.Tensor, d_old: torch.Tensor, advantages: torch.Tensor, psi: float,
+              eps: float, length: int, d_ref: torch.Tensor | None = None, beta: float = 0.0
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The GDSD loss on (B, K) scores; see the module docstring for the formula."""
+    rows, num_mc = d_theta.shape
+    log_ratio = d_theta - d_old
+    clamped = log_ratio.clamp(math.log(1 - eps), math.log(1 + eps))
+    regression = ((clamped / length - psi * advantages.unsqueeze(1)) ** 2).sum() / rows
+    metrics = {
+        "regression": regression.detach(),
+        "clamp_fraction": (clamped != log_ratio).float().mean(),
+        "log_ratio": log_ratio.detach().mean(),
+    }
+    loss = regression
+    if d_ref is not None:
+        kl = (0.5 * (d_theta - d_ref) ** 2).sum() / (rows * num_mc * length)
+        loss = loss + beta * kl
+        metrics["kl_ref"] = kl.detach()
+    return loss, metrics
+
+
+class GDSD(Objective):
+    Config = GDSDConfig
+    center_logits = False
+
+    def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int, mc: int) -> torch.Tensor:
+        """The sequence score D (B,) of every row under the (iteration, mc) coupled masks."""
+        gen = generator_for(batch.mask_seed(iteration, mc), batch.completions.device)
+        masked, _ = stratified_mask(batch.rows, batch.completions.shape[1], gen)
+        view, comp = coupled_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completions,
+                                      masked, center_logits=self.center_logits)
+        valid = batch.valid if self.cfg.mask_after_eos else None
+        return self.reduce(view, comp, masked, valid)
+
+    reduce = staticmethod(denoiser_score)
+
+    def scores(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
+        return torch.stack([self.score(model, batch, iteration, mc) for mc in range(self.cfg.num_mc)], dim=1)
+
+    @torch.no_grad()
+    def prepare(self, policy, reference, batch: RolloutBatch) -> None:
+        """Old-policy (mu > 1) and reference (beta > 0) scores for every iteration's masks."""
+        wanted = {"d_old": policy if self.cfg.num_iterations > 1 else None,
+                  "d_ref": reference if self.needs_reference else None}
+        for key, model in wanted.items():
+            if model is None:
+                continue
+            per_micro = [torch.stack([self.scores(model, micro, it) for it in range(self.cfg.num_iterations)], dim=1)
+                         for micro in batch.split(self.cfg.micro_batch_size)]
+            batch.extras[key] = torch.cat(per_micro)          # (N, mu, K)
+
+    def loss(self, policy, batch: RolloutBatch, iteration: int):
+        d_theta = self.scores(policy, batch, iteration)
+        d_old = batch.extras["d_old"][:, iteration] if "d_old" in batch.extras else d_theta.detach()
+        d_ref = batch.extras["d_ref"][:, iteration] if self.needs_reference else None
+        return gdsd_loss(d_theta, d_old, batch.advantages, self.cfg.psi, self.cfg.eps,
+                         self.gen_length, d_ref, self.cfg.beta)
+
+
+@dataclass
+class GDSDTLCConfig(GDSDConfig):
+    name: str = "gdsd_tlc"
+
+
+class GDSDTLC(GDSD):
+    """GDSD-TLC: the coupled ELBO (1/t weights) in place of D, with centred logits."""
+
+    Config = GDSDTLCConfig
+    center_logits = True
+    reduce = staticmethod(coupled_elbo)

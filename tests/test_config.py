@@ -1,0 +1,55 @@
+import pytest
+from omegaconf import OmegaConf
+
+from gdsd_lightning.config import list_experiments, load_experiment
+from gdsd_lightning.errors import UserError
+
+
+def test_every_shipped_experiment_loads():
+    names = list_experiments()
+    assert {"tiny_sudoku_sft", "tiny_countdown_sft", "gdsd_tiny_sudoku", "gdsd_tiny_countdown"} <= set(names)
+    for name in names:
+        cfg = load_experiment(name)
+        assert cfg.name == name
+
+
+def test_overrides_and_base_files_compose():
+    cfg = load_experiment("gdsd_tiny_sudoku", ["trainer.max_steps=12", "method.psi=10"])
+    assert cfg.trainer.max_steps == 12 and cfg.method.psi == 10.0
+    assert cfg.model.family == "tiny-llada" and cfg.task.name == "sudoku"   # from _base files
+    assert OmegaConf.is_readonly(cfg)
+
+
+def test_unknown_key_names_the_key_and_lists_valid_ones():
+    with pytest.raises(UserError) as err:
+        load_experiment("tiny_sudoku_sft", ["trainer.max_stepz=5"])
+    message = str(err.value)
+    assert "trainer.max_stepz" in message and "max_steps" in message and "val_every_n_steps" in message
+
+
+def test_unknown_method_key_is_checked_against_the_objective():
+    with pytest.raises(UserError, match=r"method.psy.*valid keys here: .*psi"):
+        load_experiment("gdsd_tiny_sudoku", ["method.psy=3"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(UserError, match=r"trainer.max_steps"):
+        load_experiment("tiny_sudoku_sft", ["trainer.max_steps=lots"])
+
+
+@pytest.mark.parametrize("override, phrase", [
+    ("sampler.block_length=5", "must divide sampler.gen_length"),
+    ("sampler.steps=3", "multiple of the number of blocks"),
+    ("method.num_iterations=0", "at least 1"),
+    ("trainer.val_every_n_steps=6", "multiple of method.num_iterations"),
+    ("rollout.num_generations=1", "at least 2"),
+])
+def test_impossible_combinations_are_refused(override, phrase):
+    name = "gdsd_tiny_countdown"
+    with pytest.raises(UserError, match=phrase):
+        load_experiment(name, [override])
+
+
+def test_unknown_experiment_lists_known_ones():
+    with pytest.raises(UserError, match=r"unknown experiment 'nope'.*tiny_sudoku_sft"):
+        load_experiment("nope")

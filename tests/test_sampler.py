@@ -1,0 +1,110 @@
+import pytest
+import torch
+
+from gdsd_lightning.diffusion.masking import generator_for
+from gdsd_lightning.diffusion.sampler import block_sample, dream_sample, split_evenly, top_k_mask
+from gdsd_lightning.models.adapter import DiffusionLM
+
+PROMPTS = ["Sudoku: 1030\nSolution: ", "Countdown: 3,5,7 -> 22\n"]
+
+
+def test_split_evenly_gives_remainder_to_earliest_steps():
+    counts = split_evenly(torch.tensor([8, 7, 3]), 3)
+    assert counts.tolist() == [[3, 3, 2], [3, 2, 2], [1, 1, 1]]
+
+
+def test_top_k_mask_selects_k_highest_per_row():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.3, -torch.inf, 0.2, 0.8]])
+    mask = top_k_mask(scores, torch.tensor([2, 1]))
+    assert mask.tolist() == [[False, True, False, True], [False, False, False, True]]
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_block_sampler_commits_scheduled_tokens_inside_current_block_only(tiny_llada, remasking):
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    gen_length, block_length, steps = 12, 4, 9   # 3 blocks, 3 steps each: 2,1,1 tokens per step
+    out = block_sample(tiny_llada, ids, mask, gen_length, block_length, steps, temperature=1.0,
+                       remasking=remasking, generator=generator_for(0), record_states=True)
+    states = out.states + [out.completions]
+    assert len(out.states) == steps and out.state_blocks == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for i, (before, after) in enumerate(zip(states[:-1], states[1:])):
+        committed = (before == tiny_llada.mask_id) & (after != tiny_llada.mask_id)
+        assert ((before != after) == committed).all(), "a committed token changed"
+        assert committed.sum(1).tolist() == [[2, 1, 1][i % 3]] * len(PROMPTS)
+        block = out.state_blocks[i]
+        outside = torch.ones(gen_length, dtype=torch.bool)
+        outside[block * block_length:(block + 1) * block_length] = False
+        assert not committed[:, outside].any(), "committed outside the current block"
+    assert (out.completions != tiny_llada.mask_id).all()
+
+
+def test_sampler_never_touches_the_prompt(tiny_llada, monkeypatch):
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    seen = []
+    original = DiffusionLM.forward
+
+    def spy(self, input_ids, attention_mask=None):
+        seen.append(input_ids[:, : ids.shape[1]].clone())
+        return original(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(DiffusionLM, "forward", spy)
+    block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature=1.0, generator=generator_for(1))
+    assert len(seen) == 4 and all(torch.equal(s, ids) for s in seen)
+
+
+def test_greedy_sampling_is_deterministic_and_ignores_the_generator(tiny_llada):
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    a = block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature=0.0, generator=generator_for(1)).completions
+    b = block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature=0.0, generator=generator_for(2)).completions
+    assert torch.equal(a, b)
+
+
+def test_temperature_sampling_depends_only_on_the_local_generator(tiny_llada):
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    run = lambda seed: block_sample(tiny_llada, ids, mask, 8, 4, 4, 1.0, generator=generator_for(seed)).completions  # noqa: E731
+    first = run(5)
+    torch.manual_seed(123)  # the global RNG must not matter
+    assert torch.equal(first, run(5))
+    assert not torch.equal(first, run(6))
+
+
+class ShiftedTwin(torch.nn.Module):
+    """The same network as `inner`, but its raw logits sit one position earlier (Dream style)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+        return type("Out", (), {"logits": torch.cat([logits[:, 1:], logits[:, -1:]], dim=1)})()
+
+
+def test_shifted_family_matches_in_place_family_after_the_adapter(tiny_llada):
+    from dataclasses import replace
+
+    shifted = DiffusionLM(ShiftedTwin(tiny_llada.model), tiny_llada.tokenizer,
+                          replace(tiny_llada.family, shift_logits=True))
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    x = torch.cat([ids, torch.full((2, 8), tiny_llada.mask_id)], 1)
+    att = torch.cat([mask, torch.ones(2, 8, dtype=torch.long)], 1)
+    assert torch.allclose(shifted(x, att)[:, 1:], tiny_llada(x, att)[:, 1:])
+    for temperature in (0.0, 1.0):
+        a = block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature, generator=generator_for(3)).completions
+        b = block_sample(shifted, ids, mask, 8, 4, 4, temperature, generator=generator_for(3)).completions
+        assert torch.equal(a, b)
+
+
+def test_dream_sampler_fills_everything_on_its_schedule(tiny_dream):
+    ids, mask = tiny_dream.encode_prompts(PROMPTS)
+    out = dream_sample(tiny_dream, ids, mask, 10, 5, temperature=1.0, generator=generator_for(0), record_states=True)
+    masked = [(s == tiny_dream.mask_id).sum(1) for s in out.states] + [(out.completions == tiny_dream.mask_id).sum(1)]
+    assert masked[0].tolist() == [10, 10] and masked[-1].tolist() == [0, 0]
+    assert all((a >= b).all() for a, b in zip(masked[:-1], masked[1:]))
+
+
+def test_block_sampler_rejects_bad_block_layout(tiny_llada):
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    with pytest.raises(ValueError):
+        block_sample(tiny_llada, ids, mask, 10, 4, 5)
