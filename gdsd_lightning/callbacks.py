@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -54,8 +55,10 @@ class RolloutStatistics(L.Callback):
 
 
 class ValHistory(L.Callback):
-    """Keeps (step, val accuracy) pairs (saved in checkpoints, so a resumed run keeps its
-    history), logs val sample completions as text, and writes summary.json at the end of fit."""
+    """Keeps (step, val accuracy) pairs, logs val sample completions as text, and rewrites
+    summary.json after every evaluation. The history is saved in checkpoints too; because a
+    checkpoint is written before that step's evaluation, a resumed run also takes the points up to
+    its step from the summary.json already in the run directory."""
 
     def __init__(self, run_dir: Path, experiment: str):
         self.run_dir, self.experiment = run_dir, experiment
@@ -73,13 +76,19 @@ class ValHistory(L.Callback):
             self.history.append([trainer.global_step, accuracy])
         samples = getattr(module, "val_samples", [])
         log_text(trainer, "val/samples", samples_markdown([(s["prompt"], s["completion"], s["reward"]) for s in samples]))
+        if trainer.is_global_zero:
+            self.write_summary(trainer)
 
     def on_fit_start(self, trainer, module) -> None:
         self._start = time.time()
 
-    def on_fit_end(self, trainer, module) -> None:
-        if trainer.is_global_zero:
-            self.write_summary(trainer)
+    def on_train_start(self, trainer, module) -> None:
+        summary = self.run_dir / "summary.json"
+        if trainer.global_step > 0 and summary.is_file():  # resumed: recover evaluations after the checkpoint
+            known = {int(step) for step, _ in self.history}
+            earlier = [[s, a] for s, a in json.loads(summary.read_text())["val_accuracy"]
+                       if s <= trainer.global_step and int(s) not in known]
+            self.history = sorted(self.history + earlier)
 
     def wall_time(self) -> float:
         return self.elapsed_before + time.time() - self._start

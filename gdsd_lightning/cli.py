@@ -1,6 +1,7 @@
 """Command line: `python -m gdsd_lightning {train,eval,make-data,list} ...`.
 
     train EXP [key=value ...]                         train an experiment (SFT or RL)
+    list                                              the experiments in experiments/
     eval EXP [--ckpt P] [--data F] [--out D] [k=v]    greedy evaluation on the test split or F
     make-data [--out data]                            regenerate the frozen task splits
 """
@@ -112,17 +113,19 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train an experiment")
     p_train.add_argument("experiment")
-    p_train.add_argument("overrides", nargs="*", help="key=value config overrides")
     p_eval = sub.add_parser("eval", help="evaluate a trained model greedily")
     p_eval.add_argument("experiment")
     p_eval.add_argument("--ckpt", help="saved model directory or Lightning .ckpt (default: latest final model)")
     p_eval.add_argument("--data", help="data file in the task's format (default: the test split)")
     p_eval.add_argument("--out", help="output directory for generations.jsonl and summary.json")
-    p_eval.add_argument("overrides", nargs="*", help="key=value config overrides")
     p_data = sub.add_parser("make-data", help="regenerate the frozen sudoku/countdown splits")
     p_data.add_argument("--out", default="data")
     sub.add_parser("list", help="list the experiments")
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)   # key=value config overrides, anywhere
+    unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides look like key=value)")
+    args.overrides = overrides
 
     quiet_libraries()
     try:

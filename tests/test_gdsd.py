@@ -1,0 +1,47 @@
+import math
+
+import pytest
+import torch
+
+from gdsd_lightning.objectives.base import group_advantages
+from gdsd_lightning.objectives.gdsd import gdsd_loss
+
+
+def test_gdsd_loss_by_hand_with_a_clamped_term():
+    # 2 rows, K = 1, L = 4, psi = 1, eps = 0.1: window [log 0.9, log 1.1] = [-0.1054, 0.0953]
+    d_theta = torch.tensor([[0.05], [0.5]], requires_grad=True)
+    d_old = torch.zeros(2, 1)
+    advantages = torch.tensor([0.5, -0.5])
+    loss, metrics = gdsd_loss(d_theta, d_old, advantages, psi=1.0, eps=0.1, length=4)
+    row0 = (0.05 / 4 - 0.5) ** 2                       # inside the window: 0.23765625
+    row1 = (math.log(1.1) / 4 + 0.5) ** 2              # clamped at log(1.1): 0.27439530
+    assert loss.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    assert metrics["clamp_fraction"].item() == 0.5
+    loss.backward()
+    assert d_theta.grad[0, 0].item() == pytest.approx(2 * (0.05 / 4 - 0.5) / 4 / 2, rel=1e-6)
+    assert d_theta.grad[1, 0].item() == 0.0, "a clamped term must carry no gradient"
+
+
+def test_gdsd_k2_kl_term_by_hand():
+    d_theta = torch.tensor([[0.05, 0.0], [0.5, -0.2]], requires_grad=True)   # K = 2
+    d_old, d_ref = d_theta.detach().clone(), torch.zeros(2, 2)
+    advantages = torch.tensor([1.0, -1.0])
+    loss, metrics = gdsd_loss(d_theta, d_old, advantages, psi=2.0, eps=4e-4, length=4, d_ref=d_ref, beta=0.2)
+    regression = 2 * (2.0 ** 2) * 2 / 2                 # r = 0 everywhere: (psi A)^2 per (row, mc) / B
+    kl = 0.5 * (0.05**2 + 0.5**2 + 0.2**2) / (2 * 2 * 4)
+    assert metrics["kl_ref"].item() == pytest.approx(kl, rel=1e-6)
+    assert loss.item() == pytest.approx(regression + 0.2 * kl, rel=1e-6)
+    loss.backward()
+    # regression gradient -2 psi A / (L B) plus the KL gradient beta (D - D_ref) / (B K L)
+    assert d_theta.grad[1, 0].item() == pytest.approx(-2 * 2.0 * -1.0 / (4 * 2) + 0.2 * 0.5 / 16, rel=1e-6)
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.5, 0.5])
+    assert group_advantages(rewards, 3, "group_mean", False).tolist() == pytest.approx(
+        [2 / 3, -1 / 3, -1 / 3, 0, 0, 0])
+    assert group_advantages(rewards, 3, "leave_one_out", False).tolist() == pytest.approx(
+        [1.0, -0.5, -0.5, 0, 0, 0])
+    scaled = group_advantages(rewards, 3, "group_mean", True)
+    assert scaled[0].item() == pytest.approx((2 / 3) / (torch.tensor([1.0, 0, 0]).std().item() + 1e-4))
+    assert scaled[3:].abs().max().item() == 0.0

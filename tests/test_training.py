@@ -1,0 +1,87 @@
+"""Short end-to-end runs through the CLI on a very small model (seconds each)."""
+
+import json
+
+import pytest
+import torch
+
+from gdsd_lightning.cli import main, train
+from gdsd_lightning.config import load_experiment
+from gdsd_lightning.models import DiffusionLM
+from gdsd_lightning.models.build import build_policy
+from gdsd_lightning.tasks.sudoku import Sudoku
+
+SMALL = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+         "task.num_val=8", "eval.batch_size=8", "trainer.log_every_n_steps=1"]
+
+
+def rl_overrides(tmp_path, steps, **extra):
+    args = SMALL + [f"runs_dir={tmp_path / 'runs'}", "model.init_from=null", f"trainer.max_steps={steps}",
+                    "rollout.prompts_per_step=2", "rollout.num_generations=4", "method.num_iterations=2",
+                    "trainer.val_every_n_steps=2", "trainer.checkpoint_every_n_steps=2", "optim.lr=1e-3"]
+    return args + [f"{k}={v}" for k, v in extra.items()]
+
+
+@pytest.fixture
+def varied_reward(monkeypatch):
+    """A fresh random model scores 0 on sudoku, so every advantage would be 0; reward the
+    character '1' instead so that the loop has a signal to follow."""
+    monkeypatch.setattr(Sudoku, "reward", lambda self, completion, example: completion.count("1") / 16)
+
+
+def weights(model: DiffusionLM) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_rl_training_changes_the_weights_and_writes_the_run(tmp_path, varied_reward):
+    cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 4, run_name="a"))
+    before = weights(build_policy(cfg))
+    run_dir = train(cfg)
+    after = weights(DiffusionLM.load(run_dir / "final"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["experiment"] == "gdsd_tiny_sudoku" and summary["steps"] == 4
+    assert [s for s, _ in summary["val_accuracy"]] == [0, 2, 4]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, varied_reward):
+    straight = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 4, run_name="straight")))
+    first = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 2, run_name="interrupted")))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
+    resumed = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 4, run_name="interrupted", resume=ckpt)))
+    assert resumed == first
+    a, b = weights(DiffusionLM.load(straight / "final")), weights(DiffusionLM.load(resumed / "final"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resumed run diverged from the straight run"
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["steps"] == 4 and [s for s, _ in summary["val_accuracy"]] == [0, 2, 4]
+
+
+def test_sft_then_eval_on_a_data_file(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    main(["train", "tiny_sudoku_sft", *SMALL, f"runs_dir={runs}", "trainer.max_steps=3", "batch_size=8",
+          "trainer.val_every_n_steps=3", "trainer.checkpoint_every_n_steps=3"])
+    data = tmp_path / "puzzles.csv"
+    data.write_text("Puzzle,Solution\n3102200002100320,3142243142131324\n0140432014020000,2143432114323214\n")
+    out = tmp_path / "eval"
+    main(["eval", "tiny_sudoku_sft", "--data", str(data), "--out", str(out), f"runs_dir={runs}"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2 and 0.0 <= summary["accuracy"] <= 1.0 and "solve_rate" in summary
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["example"]["Puzzle"] == "3102200002100320"
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["eval", "tiny_sudoku_sft", "--ckpt", "/no/such/ckpt"], "checkpoint /no/such/ckpt does not exist"),
+    (["train", "no_such_experiment"], "unknown experiment 'no_such_experiment'"),
+    (["eval", "tiny_sudoku_sft", "runs_dir=/no/runs/here"], "has no trained model yet"),
+])
+def test_bad_input_gets_one_sentence_and_exit_code_2(argv, phrase, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert phrase in err and len(err.splitlines()) == 1 and "Traceback" not in err
