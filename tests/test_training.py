@@ -1,6 +1,7 @@
 """Short end-to-end runs through the CLI on a very small model (seconds each)."""
 
 import json
+import zlib
 
 import pytest
 import torch
@@ -24,9 +25,9 @@ def rl_overrides(tmp_path, steps, **extra):
 
 @pytest.fixture
 def varied_reward(monkeypatch):
-    """A fresh random model scores 0 on sudoku, so every advantage would be 0; reward the
-    character '1' instead so that the loop has a signal to follow."""
-    monkeypatch.setattr(Sudoku, "reward", lambda self, completion, example: completion.count("1") / 16)
+    """A fresh random model scores 0 on sudoku, so every advantage would be 0; use a reward that
+    differs whenever two completions differ, so the loop has a signal to follow."""
+    monkeypatch.setattr(Sudoku, "reward", lambda self, completion, example: zlib.crc32(completion.encode()) % 100 / 100)
 
 
 def weights(model: DiffusionLM) -> dict:

@@ -62,7 +62,7 @@ class Countdown(Task):
         return out
 
     def prompt(self, example: dict) -> str:
-        return f"Countdown: {example['input']} -> {example['output']}\nExpression: "
+        return f"{example['input']}->{example['output']}\n"
 
     def question(self, example: dict) -> str:
         return (

@@ -55,7 +55,7 @@ class Sudoku(Task):
         return {"Puzzle": puzzle, "Solution": solution}
 
     def prompt(self, example: dict) -> str:
-        return f"Sudoku: {example['Puzzle']}\nSolution: "
+        return f"{example['Puzzle']}\n"    # compact: every prompt token costs compute in every step
 
     def question(self, example: dict) -> str:
         return (
