@@ -41,13 +41,12 @@ def test_wrong_type_names_the_key():
     ("sampler.block_length=5", "must divide sampler.gen_length"),
     ("sampler.steps=3", "multiple of the number of blocks"),
     ("method.num_iterations=0", "at least 1"),
-    ("trainer.val_every_n_steps=6", "multiple of method.num_iterations"),
+    ("trainer.val_every_n_steps=6 method.num_iterations=4", "multiple of method.num_iterations"),
     ("rollout.num_generations=1", "at least 2"),
 ])
 def test_impossible_combinations_are_refused(override, phrase):
-    name = "gdsd_tiny_countdown"
     with pytest.raises(UserError, match=phrase):
-        load_experiment(name, [override])
+        load_experiment("gdsd_tiny_countdown", override.split())
 
 
 def test_unknown_experiment_lists_known_ones():
