@@ -81,7 +81,7 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
-    strategy: str = "auto"                 # auto | ddp | fsdp
+    strategy: str = "auto"                 # a Lightning strategy name (auto, ddp, ...)
     precision: str = "32-true"
     log_every_n_steps: int = 1
     val_every_n_steps: int = 50            # optimiser steps between periodic evaluations

@@ -45,3 +45,25 @@ def test_group_advantages_by_hand():
     scaled = group_advantages(rewards, 3, "group_mean", True)
     assert scaled[0].item() == pytest.approx((2 / 3) / (torch.tensor([1.0, 0, 0]).std().item() + 1e-4))
     assert scaled[3:].abs().max().item() == 0.0
+
+
+def test_gdsd_tlc_scores_with_the_coupled_elbo_and_centring_is_a_no_op(tiny_llada):
+    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.diffusion.estimators import completion_logprobs, coupled_elbo, coupled_logprobs
+    from gdsd_lightning.diffusion.masking import generator_for, stratified_mask
+    from gdsd_lightning.objectives import OBJECTIVES
+    from gdsd_lightning.objectives.base import RolloutBatch
+
+    ids, mask = tiny_llada.encode_prompts(["12\n", "3456\n"])
+    completion = torch.randint(5, 100, (2, 8))
+    masked = torch.rand(2, 8) < 0.5
+    plain = completion_logprobs(tiny_llada, ids, mask, completion, masked)
+    centred = completion_logprobs(tiny_llada, ids, mask, completion, masked, center_logits=True)
+    assert torch.allclose(plain, centred, atol=1e-5)
+
+    cfg = load_experiment("gdsd_tiny_sudoku", ["method.name=gdsd_tlc"]).method
+    batch = RolloutBatch(ids, mask, completion, torch.ones_like(masked), torch.zeros(2), torch.zeros(2), seed=3)
+    score = OBJECTIVES["gdsd_tlc"](cfg, 8).score(tiny_llada, batch, iteration=0, mc=0)
+    same_masks, _ = stratified_mask(2, 8, generator_for(batch.mask_seed(0, 0)))
+    expected = coupled_elbo(*coupled_logprobs(tiny_llada, ids, mask, completion, same_masks), same_masks)
+    assert torch.allclose(score, expected, atol=1e-4)
