@@ -54,6 +54,19 @@ class RolloutStatistics(L.Callback):
             log_text(trainer, "rollout/samples", samples_markdown(rows))
 
 
+class ReferenceSync(L.Callback):
+    """Every `every_n_steps` optimiser steps, copy the policy's weights into the frozen reference
+    (for objectives that hold one): the KL anchor then follows the policy at a slower pace."""
+
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        reference = getattr(module, "reference", None)
+        if reference is not None and trainer.global_step % self.every_n_steps == 0:
+            reference.load_state_dict(module.policy.state_dict())
+
+
 class ValHistory(L.Callback):
     """Keeps (step, val accuracy) pairs, logs val sample completions as text, and rewrites
     summary.json after every evaluation. The history is saved in checkpoints too; because a

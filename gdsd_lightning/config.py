@@ -86,6 +86,7 @@ class TrainerConfig:
     log_every_n_steps: int = 1
     val_every_n_steps: int = 50            # optimiser steps between periodic evaluations
     checkpoint_every_n_steps: int = 50
+    ref_sync_every_n_steps: int = 0        # copy policy -> reference every N optimiser steps (0: never)
 
 
 @dataclass
@@ -214,7 +215,7 @@ def check_combinations(cfg: DictConfig) -> None:
     if cfg.method.get("num_iterations", 1) < 1:
         problems.append(f"method.num_iterations (mu) must be at least 1, got {cfg.method.num_iterations}")
     mu = cfg.method.get("num_iterations", 1)
-    for key in ("val_every_n_steps", "checkpoint_every_n_steps"):
+    for key in ("val_every_n_steps", "checkpoint_every_n_steps", "ref_sync_every_n_steps"):
         if mu >= 1 and cfg.trainer[key] % mu:
             problems.append(f"trainer.{key} ({cfg.trainer[key]}) must be a multiple of method.num_iterations ({mu}), "
                             "the optimiser steps per rollout")

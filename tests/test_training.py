@@ -86,3 +86,21 @@ def test_bad_input_gets_one_sentence_and_exit_code_2(argv, phrase, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert phrase in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_reference_sync_copies_the_policy_into_the_reference(tmp_path, varied_reward):
+    from gdsd_lightning.callbacks import ReferenceSync
+    from gdsd_lightning.module import DiffusionRLModule
+    from gdsd_lightning.tasks import get_task
+
+    cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 2, **{"method.beta": 0.1}))
+    module = DiffusionRLModule(cfg, build_policy(cfg), get_task("sudoku"))
+    with torch.no_grad():
+        next(module.policy.parameters()).add_(1.0)
+    sync = ReferenceSync(every_n_steps=2)
+    fake_trainer = type("T", (), {"global_step": 1})()
+    sync.on_train_batch_end(fake_trainer, module, None, None, 0)
+    assert not torch.equal(next(module.policy.parameters()), next(module.reference.parameters()))
+    fake_trainer.global_step = 2
+    sync.on_train_batch_end(fake_trainer, module, None, None, 0)
+    assert all(torch.equal(a, b) for a, b in zip(module.policy.parameters(), module.reference.parameters()))
