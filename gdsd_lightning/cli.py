@@ -68,8 +68,8 @@ def train(cfg) -> Path:
     ]
     if not supervised:
         callbacks.append(RolloutStatistics(text_every_n_steps=cfg.trainer.val_every_n_steps))
-    if not supervised and cfg.trainer.ref_sync_every_n_steps > 0:
-        callbacks.append(ReferenceSync(cfg.trainer.ref_sync_every_n_steps))
+        if cfg.trainer.ref_sync_every_n_steps > 0:
+            callbacks.append(ReferenceSync(cfg.trainer.ref_sync_every_n_steps))
     t = cfg.trainer
     trainer = L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,

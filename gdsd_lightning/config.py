@@ -212,9 +212,9 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
     if cfg.optim.scheduler not in ("constant", "cosine"):
         problems.append(f"optim.scheduler must be 'constant' or 'cosine', got {cfg.optim.scheduler!r}")
-    if cfg.method.get("num_iterations", 1) < 1:
-        problems.append(f"method.num_iterations (mu) must be at least 1, got {cfg.method.num_iterations}")
     mu = cfg.method.get("num_iterations", 1)
+    if mu < 1:
+        problems.append(f"method.num_iterations (mu) must be at least 1, got {mu}")
     for key in ("val_every_n_steps", "checkpoint_every_n_steps", "ref_sync_every_n_steps"):
         if mu >= 1 and cfg.trainer[key] % mu:
             problems.append(f"trainer.{key} ({cfg.trainer[key]}) must be a multiple of method.num_iterations ({mu}), "

@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, data: str | None = None, 
     out_dir = Path(out) if out else (source if source.is_dir() else source.parent) / "eval" / data_path.stem
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    means = {k: MeanMetric() for k in ("accuracy", "reward", *task.extra_metric_names)}
+    means = {k: MeanMetric() for k in task.metric_names}
     size = cfg.eval.batch_size
     with open(out_dir / "generations.jsonl", "w", encoding="utf-8") as f:
         for start in tqdm(range(0, len(examples), size), desc=f"eval {cfg.name} on {data_path.name}", unit="batch"):

@@ -39,7 +39,7 @@ class DiffusionModule(L.LightningModule):
         super().__init__()
         self.cfg, self.task = cfg, task
         self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps modes as found
-        self.val_means = nn.ModuleDict({k: MeanMetric() for k in ("accuracy", "reward", *task.extra_metric_names)})
+        self.val_means = nn.ModuleDict({k: MeanMetric() for k in task.metric_names})
         self.val_samples: list[dict] = []
 
     def validation_step(self, examples: list[dict], batch_idx: int) -> None:

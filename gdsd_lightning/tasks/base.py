@@ -88,6 +88,11 @@ class Task(ABC):
 
     extra_metric_names: tuple[str, ...] = ()
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Every per-completion metric that evaluation averages."""
+        return ("accuracy", "reward", *self.extra_metric_names)
+
     def extra_metrics(self, completion: str, example: dict) -> dict[str, float]:
         """Task-specific metrics beside accuracy (`extra_metric_names`, e.g. sudoku's solve rate)."""
         return {}

@@ -91,7 +91,7 @@ class Countdown(Task):
     def reward(self, completion: str, example: dict) -> float:
         if self.is_correct(completion, example):
             return 1.0
-        well_formed = "<answer>" in completion if "<answer>" in completion else self.parse(completion) is not None
+        well_formed = "<answer>" in completion or self.parse(completion) is not None
         return 0.1 if well_formed else 0.0
 
     def accuracy(self, completion: str, example: dict) -> float:
