@@ -1,8 +1,11 @@
 # Entry points. Every target builds .venv on first use (pinned dependencies, CPU torch when no GPU).
 #   make train [EXP=gdsd_tiny_sudoku] [ARGS="key=value ..."]
 #   make eval  [EXP=...] [CKPT=path] [DATA=path] [OUT=dir]
+#   make compare [TASK=sudoku] [SEEDS=3] [ARGS="key=value ..."]
 #   make test
 EXP  ?= gdsd_tiny_sudoku
+TASK ?= sudoku
+SEEDS ?= 3
 ARGS ?=
 CKPT ?=
 DATA ?=
@@ -13,7 +16,7 @@ PY   := .venv/bin/python
 TORCH_VERSION  ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: train eval test test-slow data clean-venv
+.PHONY: train eval compare test test-slow data clean-venv
 
 .venv/.installed: pyproject.toml requirements.lock
 	python3 -m venv .venv
@@ -28,6 +31,9 @@ train: .venv/.installed
 
 eval: .venv/.installed
 	$(PY) -m gdsd_lightning eval $(EXP) $(if $(CKPT),--ckpt $(CKPT)) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+compare: .venv/.installed
+	$(PY) -m gdsd_lightning compare --task $(TASK) --seeds $(SEEDS) $(ARGS)
 
 data: .venv/.installed
 	$(PY) -m gdsd_lightning make-data --out data

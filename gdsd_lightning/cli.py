@@ -3,6 +3,8 @@
     train EXP [key=value ...]                         train an experiment (SFT or RL)
     list                                              the experiments in experiments/
     eval EXP [--ckpt P] [--data F] [--out D] [k=v]    greedy evaluation on the test split or F
+    compare [--task T] [--seeds N] [--methods a,b] [--out results] [k=v]
+                                                      every RL method x seeds: table and plots
     make-data [--out data]                            regenerate the frozen task splits
 """
 
@@ -120,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     p_eval.add_argument("--ckpt", help="saved model directory or Lightning .ckpt (default: latest final model)")
     p_eval.add_argument("--data", help="data file in the task's format (default: the test split)")
     p_eval.add_argument("--out", help="output directory for generations.jsonl and summary.json")
+    p_compare = sub.add_parser("compare", help="train and evaluate every RL method on one tiny task")
+    p_compare.add_argument("--task", default="sudoku")
+    p_compare.add_argument("--seeds", type=int, default=3)
+    p_compare.add_argument("--methods", help="comma-separated subset (default: every method with an experiment)")
+    p_compare.add_argument("--out", default="results")
     p_data = sub.add_parser("make-data", help="regenerate the frozen sudoku/countdown splits")
     p_data.add_argument("--out", default="data")
     sub.add_parser("list", help="list the experiments")
@@ -139,6 +146,11 @@ def main(argv: list[str] | None = None) -> None:
 
             summary = evaluate(load_experiment(args.experiment, args.overrides), args.ckpt, args.data, args.out)
             print(" ".join(f"{k}={v}" for k, v in summary.items()))
+        elif args.command == "compare":
+            from gdsd_lightning.compare import compare
+
+            methods = args.methods.split(",") if args.methods else None
+            compare(args.task, args.seeds, methods, args.out, args.overrides)
         elif args.command == "make-data":
             from gdsd_lightning.tasks.splits import GENERATED_TASKS, write_splits
 

@@ -144,7 +144,7 @@ class DiffusionRLModule(DiffusionModule):
         self.last_rollout = RolloutLog(prompts, texts, rewards, advantages,
                                        (out.completions != self.policy.eos_id).cumprod(1).sum(1).float(),
                                        out.entropy, group)
-        return RolloutBatch(prompt_ids, prompt_mask, out.completions, valid, rewards, advantages, seed)
+        return RolloutBatch(prompt_ids, prompt_mask, out.completions, valid, rewards, advantages, seed, group)
 
     def training_step(self, examples: list[dict], batch_idx: int) -> None:
         batch = self.rollout(examples)

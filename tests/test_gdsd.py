@@ -62,8 +62,8 @@ def test_gdsd_tlc_scores_with_the_coupled_elbo_and_centring_is_a_no_op(tiny_llad
     assert torch.allclose(plain, centred, atol=1e-5)
 
     cfg = load_experiment("gdsd_tiny_sudoku", ["method.name=gdsd_tlc"]).method
-    batch = RolloutBatch(ids, mask, completion, torch.ones_like(masked), torch.zeros(2), torch.zeros(2), seed=3)
-    score = OBJECTIVES["gdsd_tlc"](cfg, 8).score(tiny_llada, batch, iteration=0, mc=0)
+    batch = RolloutBatch(ids, mask, completion, torch.ones_like(masked), torch.zeros(2), torch.zeros(2), seed=3, group_size=2)
+    score = OBJECTIVES["gdsd_tlc"](cfg, 8).score(tiny_llada, batch, iteration=0)[:, 0]
     same_masks, _ = stratified_mask(2, 8, generator_for(batch.mask_seed(0, 0)))
     expected = coupled_elbo(*coupled_logprobs(tiny_llada, ids, mask, completion, same_masks), same_masks)
     assert torch.allclose(score, expected, atol=1e-4)

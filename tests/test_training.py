@@ -104,3 +104,39 @@ def test_reference_sync_copies_the_policy_into_the_reference(tmp_path, varied_re
     fake_trainer.global_step = 2
     sync.on_train_batch_end(fake_trainer, module, None, None, 0)
     assert all(torch.equal(a, b) for a, b in zip(module.policy.parameters(), module.reference.parameters()))
+
+
+@pytest.mark.parametrize("method", ["gdsd_tlc", "diffu_grpo", "wd1", "spg", "espo"])
+def test_every_baseline_trains_with_old_and_reference_roles(tmp_path, varied_reward, method):
+    """mu = 2 exercises the recorded old-policy scores; the ratio methods also hold a reference."""
+    extra = {"method.beta": 0.1} if method in ("diffu_grpo", "espo") else {}
+    cfg = load_experiment(f"{method}_tiny_sudoku", rl_overrides(tmp_path, 4, **extra))
+    before = weights(build_policy(cfg))
+    run_dir = train(cfg)
+    after = weights(DiffusionLM.load(run_dir / "final"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4 and all(a == a for _, a in summary["val_accuracy"])
+
+
+def test_compare_writes_the_table_and_plots_and_reuses_finished_runs(tmp_path, varied_reward, capsys):
+    import csv
+
+    args = ["compare", "--task", "sudoku", "--seeds", "2", "--methods", "gdsd,wd1", "--out", str(tmp_path / "results"),
+            *rl_overrides(tmp_path, 2)]
+    main(args)
+    out = tmp_path / "results" / "sudoku"
+    rows = list(csv.DictReader(open(out / "compare.csv")))
+    assert [r["method"] for r in rows] == ["gdsd", "wd1"]
+    for column in ("final_accuracy_mean", "final_accuracy_std", "best_accuracy_mean", "reward_auc", "steps",
+                   "wall_time_s"):
+        assert all(r[column] not in ("", "nan") for r in rows), column
+    assert len(list(csv.DictReader(open(out / "runs.csv")))) == 4
+    assert (out / "curves.png").stat().st_size > 0 and (out / "test_accuracy.png").stat().st_size > 0
+    assert "| gdsd |" in (out / "compare.md").read_text()
+    run_dirs = sorted((tmp_path / "runs").glob("*/seed*"))
+    assert len(run_dirs) == 4
+    capsys.readouterr()
+    main(args)
+    assert sorted((tmp_path / "runs").glob("*/seed*")) == run_dirs
+    assert capsys.readouterr().out.count("[compare] reusing") == 4

@@ -3,6 +3,10 @@
     objective.prepare(policy, reference, batch)      # once per rollout, no grad: old/ref quantities
     loss, metrics = objective.loss(policy, micro, i)  # per micro-batch and inner iteration i
 
+Most objectives only define `score(model, micro, iteration)` (a per-row or per-token score of the
+rollout) and `loss`; the default `prepare` records that score for the old policy (mu > 1) and the
+reference (beta > 0) under every iteration's masks, and `old_and_ref` hands them back.
+
 A rollout batch is split into fixed micro-batches; masks are drawn from generators seeded by
 (rollout seed, iteration, Monte-Carlo index, micro-batch index), so `prepare` and `loss` see the
 same masks. `loss` returns a micro-batch mean; the module weights it by the micro-batch's share
@@ -32,6 +36,7 @@ class RolloutBatch:
     rewards: torch.Tensor         # (N,)
     advantages: torch.Tensor      # (N,)
     seed: int                     # base seed of this rollout's masks
+    group_size: int               # G: rows per prompt (groups never straddle a rollout batch)
     micro: int = 0                # index of this micro-batch within the rollout
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, ...) from prepare
 
@@ -45,7 +50,7 @@ class RolloutBatch:
             rows = slice(start, start + size)
             tensors = {f.name: getattr(self, f.name)[rows] for f in fields(self)
                        if isinstance(getattr(self, f.name), torch.Tensor)}
-            yield RolloutBatch(**tensors, seed=self.seed, micro=micro,
+            yield RolloutBatch(**tensors, seed=self.seed, group_size=self.group_size, micro=micro,
                                extras={k: v[rows] for k, v in self.extras.items()})
 
     def mask_seed(self, iteration: int, mc: int) -> int:
@@ -77,9 +82,32 @@ class Objective(ABC):
         """Whether the module must build the frozen reference role."""
         return self.cfg.beta > 0
 
+    @property
+    def needs_old(self) -> bool:
+        """Whether `loss` compares against the rollout-time policy (only meaningful for mu > 1)."""
+        return self.cfg.num_iterations > 1
+
+    def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
+        """The score whose old/reference values `prepare` records, (B, ...) for one micro-batch."""
+        raise NotImplementedError(f"{type(self).__name__} records nothing at rollout time")
+
     @torch.no_grad()
     def prepare(self, policy: DiffusionLM, reference: DiffusionLM | None, batch: RolloutBatch) -> None:
-        """Record rollout-time quantities (old-policy / reference scores) in `batch.extras`."""
+        """Record `score` of the old policy and of the reference in `batch.extras` as (N, mu, ...),
+        micro-batch by micro-batch so that the masks are the ones `loss` will draw."""
+        roles = {"old": policy if self.needs_old else None, "ref": reference if self.needs_reference else None}
+        for key, model in roles.items():
+            if model is not None:
+                batch.extras[key] = torch.cat([
+                    torch.stack([self.score(model, micro, it) for it in range(self.cfg.num_iterations)], dim=1)
+                    for micro in batch.split(self.cfg.micro_batch_size)])
+
+    @staticmethod
+    def old_and_ref(batch: RolloutBatch, iteration: int, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The recorded old and reference scores for this iteration; with mu = 1 old = current, detached."""
+        old = batch.extras["old"][:, iteration] if "old" in batch.extras else current.detach()
+        ref = batch.extras["ref"][:, iteration] if "ref" in batch.extras else None
+        return old, ref
 
     @abstractmethod
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from gdsd_lightning.diffusion.estimators import coupled_elbo, coupled_logprobs, denoiser_score
-from gdsd_lightning.diffusion.masking import generator_for, stratified_mask
+from gdsd_lightning.diffusion.estimators import coupled_elbo, denoiser_score
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
+from gdsd_lightning.objectives.scores import coupled_sequence_scores
 
 
 @dataclass
@@ -64,37 +64,16 @@ def gdsd_loss(d_theta: torch.Tensor, d_old: torch.Tensor, advantages: torch.Tens
 class GDSD(Objective):
     Config = GDSDConfig
     center_logits = False
-
-    def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int, mc: int) -> torch.Tensor:
-        """The sequence score D (B,) of every row under the (iteration, mc) coupled masks."""
-        gen = generator_for(batch.mask_seed(iteration, mc), batch.completions.device)
-        masked, _ = stratified_mask(batch.rows, batch.completions.shape[1], gen)
-        view, comp = coupled_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completions,
-                                      masked, center_logits=self.center_logits)
-        valid = batch.valid if self.cfg.mask_after_eos else None
-        return self.reduce(view, comp, masked, valid)
-
     reduce = staticmethod(denoiser_score)
 
-    def scores(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
-        return torch.stack([self.score(model, batch, iteration, mc) for mc in range(self.cfg.num_mc)], dim=1)
-
-    @torch.no_grad()
-    def prepare(self, policy, reference, batch: RolloutBatch) -> None:
-        """Old-policy (mu > 1) and reference (beta > 0) scores for every iteration's masks."""
-        wanted = {"d_old": policy if self.cfg.num_iterations > 1 else None,
-                  "d_ref": reference if self.needs_reference else None}
-        for key, model in wanted.items():
-            if model is None:
-                continue
-            per_micro = [torch.stack([self.scores(model, micro, it) for it in range(self.cfg.num_iterations)], dim=1)
-                         for micro in batch.split(self.cfg.micro_batch_size)]
-            batch.extras[key] = torch.cat(per_micro)          # (N, mu, K)
+    def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
+        """D (B, K) of every row under this iteration's K coupled mask pairs."""
+        return coupled_sequence_scores(model, batch, iteration, self.cfg.num_mc, self.reduce,
+                                       self.center_logits, self.cfg.mask_after_eos)
 
     def loss(self, policy, batch: RolloutBatch, iteration: int):
-        d_theta = self.scores(policy, batch, iteration)
-        d_old = batch.extras["d_old"][:, iteration] if "d_old" in batch.extras else d_theta.detach()
-        d_ref = batch.extras["d_ref"][:, iteration] if self.needs_reference else None
+        d_theta = self.score(policy, batch, iteration)
+        d_old, d_ref = self.old_and_ref(batch, iteration, d_theta)
         return gdsd_loss(d_theta, d_old, batch.advantages, self.cfg.psi, self.cfg.eps,
                          self.gen_length, d_ref, self.cfg.beta)
 

@@ -1,0 +1,83 @@
+"""The ELBO-based baselines against values computed by hand on tiny tensors."""
+
+import math
+
+import pytest
+import torch
+
+from gdsd_lightning.objectives.diffu_grpo import diffu_grpo_loss
+from gdsd_lightning.objectives.espo import espo_loss
+from gdsd_lightning.objectives.spg import spg_bounds, spg_loss
+from gdsd_lightning.objectives.wd1 import wd1_loss, wd1_weights
+
+ln = math.log
+
+
+def test_diffu_grpo_clips_on_both_signs_and_adds_k3():
+    # ratios [[2, 1], [2, 1]]; row 1's second token is after EOS (invalid)
+    logp = torch.tensor([[ln(.5), ln(.25)], [ln(.8), ln(.1)]], requires_grad=True)
+    old = torch.tensor([[ln(.25), ln(.25)], [ln(.4), ln(.1)]])
+    valid = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([1.0, -1.0])
+    # A=+1, ratio 2: min(2, 1.5) = 1.5 (clipped); A=+1, ratio 1: 1; A=-1, ratio 2: min(-2, -1.5) = -2
+    loss, metrics = diffu_grpo_loss(logp, old, adv, valid, eps=0.5)
+    assert loss.item() == pytest.approx(-(1.5 + 1 - 2) / 3)
+    assert metrics["clip_fraction"].item() == pytest.approx(1 / 3)
+    loss.backward()
+    # clipped token: no gradient; unclipped: d/dlogp of -A ratio / 3 = -A ratio / 3; invalid: none
+    assert torch.allclose(logp.grad, torch.tensor([[0.0, -1 / 3], [2 / 3, 0.0]]))
+
+    ref = logp.detach().clone()
+    ref[0, 1] = ln(.5)                       # k3 = e^{ln 2} - ln 2 - 1 = 1 - ln 2 on that token
+    with_kl, metrics = diffu_grpo_loss(logp, old, adv, valid, eps=0.5, logp_ref=ref, beta=0.1)
+    assert with_kl.item() == pytest.approx(-(0.5) / 3 + 0.1 * (1 - ln(2)) / 3)
+    assert metrics["kl_ref"].item() == pytest.approx((1 - ln(2)) / 3)
+
+
+def test_wd1_group_softmax_weights_and_loss():
+    adv = torch.tensor([1.0, 0.0, -1.0, 0.3, 0.3, 0.3])
+    w = wd1_weights(adv, group_size=3)
+    s = math.e + 1 + 1 / math.e
+    expected = (math.e - 1 / math.e) / s       # softmax(A)_0 - softmax(-A)_0
+    assert torch.allclose(w, torch.tensor([expected, 0.0, -expected, 0.0, 0.0, 0.0]), atol=1e-6)
+    seq_logp = torch.tensor([-2.0, -5.0, -3.0, -1.0, -1.0, -1.0])
+    # - (w0 (-2) + w2 (-3)) / 2 groups = - expected (-2 + 3) / 2
+    assert wd1_loss(seq_logp, w, 3).item() == pytest.approx(-expected * (-2 + 3) / 2, rel=1e-5)
+
+
+def test_spg_elbo_eubo_and_the_sandwich_for_negative_advantages():
+    # draws-first (D=2, B=2, L=2). Row 0: draw 0 masks token 0 (t_hat 1/2), draw 1 masks both (t_hat 1).
+    # Row 1: both draws mask only token 0, so token 1 is never masked and the EUBO skips it.
+    logp = torch.tensor([[[ln(.5), ln(.25)], [ln(.8), ln(.3)]],
+                         [[ln(.5), ln(.5)], [ln(.8), ln(.3)]]])
+    weights = torch.tensor([[[2.0, 0.0], [2.0, 0.0]],
+                            [[1.0, 1.0], [2.0, 0.0]]])
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    elbo, eubo = spg_bounds(logp, weights, valid, beta_eubo=1.0)
+    # ELBO_0 = mean_l mean_d w log p = ((2+1)/2 ln .5 + (0+1)/2 ln .5) / 2 = ln .5; ELBO_1 = (2 ln .8) / 2
+    assert torch.allclose(elbo, torch.tensor([ln(.5), ln(.8)]), atol=1e-6)
+    # EUBO_0 = (ln((2*.5 + .5)/2) + ln((0 + .5)/2)) / 2; EUBO_1 = ln((2*.8 + 2*.8)/2)
+    assert torch.allclose(eubo, torch.tensor([(ln(.75) + ln(.25)) / 2, ln(1.6)]), atol=1e-5)
+    _, eubo_b2 = spg_bounds(logp, weights, valid, beta_eubo=2.0)
+    assert eubo_b2[0].item() == pytest.approx((ln((2 * .25 + .25) / 2) + ln(.25 / 2)) / 4, rel=1e-5)
+
+    adv, lengths = torch.tensor([1.0, -1.0]), torch.tensor([2.0, 2.0])
+    loss, _ = spg_loss(elbo, eubo, adv, lengths, eubo_weight=0.5)
+    # row 0 (A > 0) scores with the ELBO, row 1 with (EUBO + ELBO) / 2 = ln(1.6 * .8) / 2
+    assert loss.item() == pytest.approx(-(1 * ln(.5) * 2 - 1 * ln(1.28) / 2 * 2) / 4, rel=1e-5)
+
+
+def test_espo_clips_the_sequence_ratio_on_both_signs():
+    length = 4
+    old = torch.tensor([-10.0, -10.0, -10.0])
+    elbo = (old + torch.tensor([length * ln(2), length * ln(.5), 0.0])).requires_grad_()   # rho = 2, 1/2, 1
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    # min(2, 1.2) = 1.2 (clipped); min(-0.5, -0.8) = -0.8 (clipped); 0.5 unclipped
+    loss, metrics = espo_loss(elbo, old, adv, eps=0.2, length=length)
+    assert loss.item() == pytest.approx(-(1.2 - 0.8 + 0.5) / 3)
+    assert metrics["clip_fraction"].item() == pytest.approx(2 / 3)
+    loss.backward()
+    assert torch.allclose(elbo.grad, torch.tensor([0.0, 0.0, -0.5 / (length * 3)]))
+    ref = elbo.detach() - torch.tensor([2.0, 0.0, 0.0])
+    with_kl, _ = espo_loss(elbo, old, adv, eps=0.2, length=length, elbo_ref=ref, beta=0.3)
+    assert with_kl.item() == pytest.approx(-0.3 + 0.3 * 0.5 * 4 / (3 * length))
