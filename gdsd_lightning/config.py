@@ -63,6 +63,7 @@ class RolloutConfig:
     prompts_per_step: int = 8              # prompts per rollout batch (per rank)
     num_generations: int = 8               # G completions per prompt
     temperature: float = 1.0               # sampling temperature during training rollouts
+    passk: int = 1                         # attempts per row until the task verifies it correct
 
 
 @dataclass
@@ -87,6 +88,7 @@ class TrainerConfig:
     val_every_n_steps: int = 50            # optimiser steps between periodic evaluations
     checkpoint_every_n_steps: int = 50
     ref_sync_every_n_steps: int = 0        # copy policy -> reference every N optimiser steps (0: never)
+    max_skipped_in_a_row: int = 200        # stop when this many rollouts in a row give no step
 
 
 @dataclass
@@ -208,8 +210,12 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"sampler.steps must be in 1..gen_length ({s.gen_length}), got {s.steps}")
     if cfg.task.prompt_style not in ("plain", "chat"):
         problems.append(f"task.prompt_style must be 'plain' or 'chat', got {cfg.task.prompt_style!r}")
-    if cfg.rollout.num_generations < 2 and cfg.method.name != "sft":
+    from gdsd_lightning.objectives import OBJECTIVES
+
+    if cfg.rollout.num_generations < 2 and getattr(OBJECTIVES[cfg.method.name], "uses_groups", False):
         problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
+    if cfg.rollout.passk < 1:
+        problems.append(f"rollout.passk must be at least 1, got {cfg.rollout.passk}")
     if cfg.optim.scheduler not in ("constant", "cosine"):
         problems.append(f"optim.scheduler must be 'constant' or 'cosine', got {cfg.optim.scheduler!r}")
     mu = cfg.method.get("num_iterations", 1)

@@ -72,9 +72,14 @@ class PromptDataModule(L.LightningDataModule):
             self.val_examples = self.task.load(resolve_split(self.cfg.task, "val"))[: self.cfg.task.num_val]
 
     def train_dataloader(self) -> DataLoader:
-        """Exactly the batches still to run: the trainer's step count is restored before this."""
-        done = self.trainer.global_step // self.steps_per_batch if self.trainer else 0
-        total = -(-self.cfg.trainer.max_steps // self.steps_per_batch)
+        """The batches still to run, from the module's batch count (restored before this is called).
+
+        A batch that produced no optimiser step (a skipped rollout) leaves the stream short; the
+        loader is then rebuilt for the next epoch and continues from the batch count.
+        """
+        done = self.trainer.lightning_module.batches_done if self.trainer else 0
+        steps_left = self.cfg.trainer.max_steps - (self.trainer.global_step if self.trainer else 0)
+        total = done + -(-steps_left // self.steps_per_batch)
         sampler = ResumableShuffle(len(self.train_examples), self.cfg.seed,
                                    done * self.train_batch_size, total * self.train_batch_size)
         return DataLoader(self.train_examples, batch_size=self.train_batch_size, sampler=sampler,

@@ -19,13 +19,13 @@ def prompt_texts(task: Task, examples: list[dict], style: str, tokenizer) -> lis
 
 
 def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: DictConfig,
-           temperature: float, generator: torch.Generator | None = None) -> SampleOutput:
+           temperature: float, generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
     """Run the configured sampler (`sampler.kind`) at `temperature`."""
     if sampler.kind == "dream":
         return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
-                            sampler.top_p, sampler.eps, generator)
+                            sampler.top_p, sampler.eps, generator, record_states)
     return block_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length, sampler.steps,
-                        temperature, sampler.remasking, generator)
+                        temperature, sampler.remasking, generator, record_states)
 
 
 def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict]:

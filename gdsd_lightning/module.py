@@ -23,6 +23,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from gdsd_lightning.diffusion.estimators import valid_completion_mask
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.generation import generate_and_score, prompt_texts, sample, score
 from gdsd_lightning.models.adapter import DiffusionLM
@@ -52,6 +53,11 @@ class DiffusionModule(L.LightningModule):
             self.log(f"val/{key}", metric, on_step=False, on_epoch=True, batch_size=len(records))
         if batch_idx == 0:
             self.val_samples = records[:4]
+
+    @property
+    def batches_done(self) -> int:
+        """Training batches consumed so far: where a resumed prompt stream starts."""
+        return self.global_step
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -111,44 +117,97 @@ class DiffusionRLModule(DiffusionModule):
         if self.objective.needs_reference:
             self.roles["reference"] = copy.deepcopy(policy).requires_grad_(False).eval()
         self.last_rollout: RolloutLog | None = None
+        self.rollouts_done = 0        # rollout batches drawn, including skipped ones (checkpointed)
+        self.skipped_rollouts = 0     # rollout batches the objective left nothing to train on
+        self.skipped_in_a_row = 0
 
     @property
     def reference(self) -> DiffusionLM | None:
         return self.roles.get("reference")
 
+    @property
+    def batches_done(self) -> int:
+        return self.rollouts_done
+
     def on_fit_start(self) -> None:
         for name, role in self.roles.items():
             self.roles[name] = role.to(self.device)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rollouts"] = {"done": self.rollouts_done, "skipped": self.skipped_rollouts}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.rollouts_done = checkpoint["rollouts"]["done"]
+        self.skipped_rollouts = checkpoint["rollouts"]["skipped"]
+
     def rollout_seed(self) -> int:
         """Seed of the current rollout: a function of (experiment seed, rollout index) only."""
-        rollout_index = self.global_step // self.cfg.method.num_iterations
-        return self.cfg.seed * 1_000_003 + rollout_index
+        return self.cfg.seed * 1_000_003 + self.rollouts_done
 
     @torch.no_grad()
     def rollout(self, examples: list[dict]) -> RolloutBatch:
-        """Sample G completions per prompt, score them and compute group advantages."""
+        """G completions per prompt, scored, with group advantages.
+
+        With `rollout.passk` > 1 a row whose completion is not verified correct is sampled again,
+        up to passk attempts; it keeps its first correct completion, else its best-rewarded one.
+        Objectives with `record_states` also get every intermediate state (N, steps, L).
+        """
         group = self.cfg.rollout.num_generations
         repeated = [ex for ex in examples for _ in range(group)]
         prompts = prompt_texts(self.task, repeated, self.cfg.task.prompt_style, self.policy.tokenizer)
         prompt_ids, prompt_mask = (t.to(self.device) for t in self.policy.encode_prompts(prompts))
         seed = self.rollout_seed()
+        generator = generator_for(seed, self.device)
+        record = self.objective.record_states
         self.policy.eval()
-        out = sample(self.policy, prompt_ids, prompt_mask, self.cfg.sampler, self.cfg.rollout.temperature,
-                     generator_for(seed, self.device))
+        kept, pending = None, torch.arange(len(repeated), device=self.device)
+        for _ in range(self.cfg.rollout.passk):
+            out = sample(self.policy, prompt_ids[pending], prompt_mask[pending], self.cfg.sampler,
+                         self.cfg.rollout.temperature, generator, record_states=record)
+            texts = self.policy.decode(out.completions)
+            examples_now = [repeated[i] for i in pending.tolist()]
+            rewards = torch.tensor([r["reward"] for r in score(self.task, texts, examples_now)], device=self.device)
+            correct = torch.tensor([self.task.is_correct(t, ex) for t, ex in zip(texts, examples_now)],
+                                   dtype=torch.bool, device=self.device)
+            attempt = {"completions": out.completions, "rewards": rewards, "correct": correct,
+                       "entropy": out.entropy, "texts": texts}
+            if record:
+                attempt["states"] = torch.stack(out.states, dim=1)
+            kept = attempt if kept is None else merge_attempt(kept, attempt, pending)
+            pending = pending[~kept["correct"][pending]]
+            if len(pending) == 0:
+                break
         self.policy.train()
-        texts = self.policy.decode(out.completions)
-        rewards = torch.tensor([r["reward"] for r in score(self.task, texts, repeated)], device=self.device)
-        advantages = group_advantages(rewards, group, self.objective.cfg.advantage, self.objective.cfg.scale_advantage)
-        valid = valid_completion_mask(out.completions, self.policy.eos_id)
-        self.last_rollout = RolloutLog(prompts, texts, rewards, advantages,
-                                       (out.completions != self.policy.eos_id).cumprod(1).sum(1).float(),
-                                       out.entropy, group)
-        return RolloutBatch(prompt_ids, prompt_mask, out.completions, valid, rewards, advantages, seed, group)
+        advantages = group_advantages(kept["rewards"], group, self.objective.cfg.advantage,
+                                      self.objective.cfg.scale_advantage) if group > 1 else torch.zeros_like(kept["rewards"])
+        valid = valid_completion_mask(kept["completions"], self.policy.eos_id)
+        self.last_rollout = RolloutLog(prompts, kept["texts"], kept["rewards"], advantages,
+                                       (kept["completions"] != self.policy.eos_id).cumprod(1).sum(1).float(),
+                                       kept["entropy"], group)
+        batch = RolloutBatch(prompt_ids, prompt_mask, kept["completions"], valid, kept["rewards"], advantages,
+                             seed, group, correct=kept["correct"])
+        if record:
+            batch.extras["states"] = kept["states"]
+            batch.extras["state_blocks"] = torch.tensor(out.state_blocks, device=self.device).expand(len(repeated), -1)
+        return batch
 
     def training_step(self, examples: list[dict], batch_idx: int) -> None:
         batch = self.rollout(examples)
-        self.objective.prepare(self.policy, self.reference, batch)
+        self.rollouts_done += 1
+        batch = self.objective.prepare(self.policy, self.reference, batch)
+        self.log_dict({f"train/{k}": v for k, v in batch.stats.items()}, batch_size=batch.rows or 1)
+        if batch.rows == 0:   # e.g. d-OPSD's gate: no optimiser step on an empty loss
+            self.skipped_rollouts += 1
+            self.skipped_in_a_row += 1
+            self.log("train/skipped_rollouts", float(self.skipped_rollouts), batch_size=1)
+            limit = self.cfg.trainer.max_skipped_in_a_row
+            if self.skipped_in_a_row >= limit:
+                raise UserError(f"{limit} rollouts in a row left nothing to train on at optimiser step "
+                                f"{self.global_step} ({self.cfg.method.name}: {batch.stats}); the policy never "
+                                "passes the objective's gate. Raise rollout.passk, lower the gate, or start from "
+                                "a stronger base (trainer.max_skipped_in_a_row sets this limit)")
+            return
+        self.skipped_in_a_row = 0
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         for iteration in range(self.cfg.method.num_iterations):
@@ -166,3 +225,20 @@ class DiffusionRLModule(DiffusionModule):
         self.log_dict({f"train/{k}": v for k, v in totals.items()}, batch_size=batch.rows)
         self.log("train/grad_norm", grad_norm, batch_size=batch.rows)
         self.log("train/lr", scheduler.get_last_lr()[0], batch_size=batch.rows)
+
+
+def merge_attempt(kept: dict, attempt: dict, rows: torch.Tensor) -> dict:
+    """Replace the kept attempt of `rows` by the new one where the new one is correct or, while
+    neither is correct, better rewarded."""
+    better = attempt["correct"] | (~kept["correct"][rows] & (attempt["rewards"] > kept["rewards"][rows]))
+    chosen = rows[better]
+    merged = dict(kept)
+    for key, value in attempt.items():
+        if key == "texts":
+            merged["texts"] = list(kept["texts"])
+            for row, text in zip(chosen.tolist(), [t for t, b in zip(value, better.tolist()) if b]):
+                merged["texts"][row] = text
+        else:
+            merged[key] = kept[key].clone()
+            merged[key][chosen] = value[better]
+    return merged

@@ -54,3 +54,15 @@ def test_prompt_and_completion_encoding(tiny_llada):
     completion = tiny_llada.encode_completions(["12", "1234567"], 5)
     assert completion[0, 2:].eq(tiny_llada.eos_id).all()
     assert tiny_llada.decode(completion) == ["12", "12345"]
+
+
+@pytest.mark.parametrize("family", ["tiny-llada", "tiny-dream"])
+def test_logits_at_positions_equal_the_full_forward_gathered(family):
+    model = make_tiny(family)
+    ids = torch.randint(5, 90, (3, 10))
+    attention = torch.ones_like(ids)
+    positions = torch.tensor([[1, 4], [9, 0], [5, 5]])
+    full = model(ids, attention)
+    picked = model.logits_at(ids, attention, positions)
+    expected = full.gather(1, positions.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert torch.allclose(picked, expected, atol=1e-5)

@@ -16,7 +16,7 @@ of rows, so the accumulated gradient is that of the whole-batch loss.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar, Iterator
 
 import torch
@@ -37,21 +37,26 @@ class RolloutBatch:
     advantages: torch.Tensor      # (N,)
     seed: int                     # base seed of this rollout's masks
     group_size: int               # G: rows per prompt (groups never straddle a rollout batch)
+    correct: torch.Tensor | None = None  # (N,) verified correct by the task
     micro: int = 0                # index of this micro-batch within the rollout
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, ...) from prepare
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, ...) rows' extra tensors
+    stats: dict[str, float] = field(default_factory=dict)           # rollout statistics to log
 
     @property
     def rows(self) -> int:
         return self.completions.shape[0]
 
+    def select(self, rows: slice | torch.Tensor, micro: int | None = None) -> "RolloutBatch":
+        """The same rollout restricted to `rows` (a slice or a boolean mask)."""
+        tensors = {f.name: getattr(self, f.name)[rows] for f in fields(self)
+                   if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **tensors, micro=self.micro if micro is None else micro,
+                       extras={k: v[rows] for k, v in self.extras.items()})
+
     def split(self, size: int) -> Iterator["RolloutBatch"]:
         """Fixed micro-batches of `size` rows (the last may be smaller)."""
         for micro, start in enumerate(range(0, self.rows, size)):
-            rows = slice(start, start + size)
-            tensors = {f.name: getattr(self, f.name)[rows] for f in fields(self)
-                       if isinstance(getattr(self, f.name), torch.Tensor)}
-            yield RolloutBatch(**tensors, seed=self.seed, group_size=self.group_size, micro=micro,
-                               extras={k: v[rows] for k, v in self.extras.items()})
+            yield self.select(slice(start, start + size), micro)
 
     def mask_seed(self, iteration: int, mc: int) -> int:
         """Seed of the masks for (this rollout, inner iteration, Monte-Carlo draw, micro-batch)."""
@@ -72,6 +77,8 @@ class ObjectiveConfig:
 
 class Objective(ABC):
     Config: ClassVar[type] = ObjectiveConfig
+    record_states: ClassVar[bool] = False   # rollouts keep every intermediate denoising state
+    uses_groups: ClassVar[bool] = True      # advantages are relative to a group of G >= 2
 
     def __init__(self, cfg: DictConfig, gen_length: int):
         self.cfg = cfg
@@ -92,15 +99,17 @@ class Objective(ABC):
         raise NotImplementedError(f"{type(self).__name__} records nothing at rollout time")
 
     @torch.no_grad()
-    def prepare(self, policy: DiffusionLM, reference: DiffusionLM | None, batch: RolloutBatch) -> None:
+    def prepare(self, policy: DiffusionLM, reference: DiffusionLM | None, batch: RolloutBatch) -> RolloutBatch:
         """Record `score` of the old policy and of the reference in `batch.extras` as (N, mu, ...),
-        micro-batch by micro-batch so that the masks are the ones `loss` will draw."""
+        micro-batch by micro-batch so that the masks are the ones `loss` will draw. Returns the
+        batch to train on (an objective may drop rows; with none left the module skips the step)."""
         roles = {"old": policy if self.needs_old else None, "ref": reference if self.needs_reference else None}
         for key, model in roles.items():
             if model is not None:
                 batch.extras[key] = torch.cat([
                     torch.stack([self.score(model, micro, it) for it in range(self.cfg.num_iterations)], dim=1)
                     for micro in batch.split(self.cfg.micro_batch_size)])
+        return batch
 
     @staticmethod
     def old_and_ref(batch: RolloutBatch, iteration: int, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -42,8 +42,9 @@ class WD1(Objective):
     needs_old = False
 
     @torch.no_grad()
-    def prepare(self, policy, reference, batch: RolloutBatch) -> None:
+    def prepare(self, policy, reference, batch: RolloutBatch) -> RolloutBatch:
         batch.extras["weight"] = wd1_weights(batch.advantages, batch.group_size)
+        return batch
 
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int):
         logp = mean_field_logprobs(policy, batch, iteration, self.cfg.p_mask_prompt)
