@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gdsd_lightning.runs import write_json
 
@@ -67,11 +67,23 @@ class ReferenceSync(L.Callback):
             reference.load_state_dict(module.policy.state_dict())
 
 
+class CheckpointAfterEvaluation(ModelCheckpoint):
+    """Periodic checkpoints (every `every_n_steps` optimiser steps, a multiple of the evaluation
+    interval) written right after that step's evaluation, so that a checkpoint always holds its
+    step's val result: a run killed between the two loses nothing."""
+
+    def __init__(self, every_n_steps: int, **kwargs):
+        super().__init__(save_on_train_epoch_end=False, **kwargs)
+        self.every_n_steps = every_n_steps
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            super().on_validation_end(trainer, module)
+
+
 class ValHistory(L.Callback):
-    """Keeps (step, val accuracy) pairs, logs val sample completions as text, and rewrites
-    summary.json after every evaluation. The history is saved in checkpoints too; because a
-    checkpoint is written before that step's evaluation, a resumed run also takes the points up to
-    its step from the summary.json already in the run directory."""
+    """Keeps (step, val accuracy) pairs (saved in checkpoints), logs val sample completions as
+    text, and rewrites summary.json after every evaluation."""
 
     def __init__(self, run_dir: Path, experiment: str):
         self.run_dir, self.experiment = run_dir, experiment
@@ -94,14 +106,6 @@ class ValHistory(L.Callback):
 
     def on_fit_start(self, trainer, module) -> None:
         self._start = time.time()
-
-    def on_train_start(self, trainer, module) -> None:
-        summary = self.run_dir / "summary.json"
-        if trainer.global_step > 0 and summary.is_file():  # resumed: recover evaluations after the checkpoint
-            known = {int(step) for step, _ in self.history}
-            earlier = [[s, a] for s, a in json.loads(summary.read_text())["val_accuracy"]
-                       if s <= trainer.global_step and int(s) not in known]
-            self.history = sorted(self.history + earlier)
 
     def wall_time(self) -> float:
         return self.elapsed_before + time.time() - self._start

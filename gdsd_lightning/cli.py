@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 from gdsd_lightning.errors import UserError
+
+INTERRUPTED_CHECKPOINT = "interrupted"   # checkpoints/interrupted.ckpt, written on SIGTERM or an error
 
 
 def quiet_libraries() -> None:
@@ -36,10 +39,11 @@ def quiet_libraries() -> None:
 def train(cfg) -> Path:
     """Train one experiment; returns its run directory."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from gdsd_lightning.callbacks import ReferenceSync, RolloutStatistics, ValHistory
+    from gdsd_lightning.callbacks import CheckpointAfterEvaluation, ReferenceSync, RolloutStatistics, ValHistory
     from gdsd_lightning.config import save_config
     from gdsd_lightning.data import PromptDataModule
     from gdsd_lightning.models.build import build_policy
@@ -63,10 +67,12 @@ def train(cfg) -> Path:
     history = ValHistory(run_dir, cfg.name)
     callbacks = [
         history,
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", auto_insert_metric_name=False,
-                        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_top_k=1, save_last="link"),
+        CheckpointAfterEvaluation(cfg.trainer.checkpoint_every_n_steps, dirpath=run_dir / "checkpoints",
+                                  filename="step{step}", auto_insert_metric_name=False, save_top_k=1, save_last="link"),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/accuracy", mode="max",
                         save_top_k=1, auto_insert_metric_name=False),
+        # SIGTERM (pre-emption) or an error: Lightning stops after the current step; this saves it.
+        OnExceptionCheckpoint(dirpath=run_dir / "checkpoints", filename=INTERRUPTED_CHECKPOINT),
     ]
     if not supervised:
         callbacks.append(RolloutStatistics(text_every_n_steps=cfg.trainer.val_every_n_steps))
@@ -84,7 +90,13 @@ def train(cfg) -> Path:
     print(f"[gdsd] {cfg.name}: run directory {run_dir}", flush=True)
     if not resume:
         trainer.validate(module, datamodule=datamodule, verbose=False)   # the step-0 point of the curve
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except SIGTERMException:
+        ckpt = run_dir / "checkpoints" / f"{INTERRUPTED_CHECKPOINT}.ckpt"
+        print(f"[gdsd] {cfg.name}: SIGTERM at optimiser step {trainer.global_step}; saved {ckpt}. "
+              f"Continue with: make train EXP={cfg.name} ARGS=\"resume={ckpt}\"", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)
     if not history.history or history.history[-1][0] != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:

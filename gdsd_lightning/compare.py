@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gdsd_lightning.config import list_experiments, load_experiment
+from gdsd_lightning.config import list_experiments, load_experiment, load_run_config
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root
 
@@ -77,7 +77,11 @@ def finished_run(cfg: DictConfig) -> Path | None:
             continue
         if json.loads(summary.read_text()).get("steps") != cfg.trainer.max_steps:
             continue
-        if defining(OmegaConf.load(config_file)) == wanted:
+        try:
+            saved = load_run_config(config_file)
+        except UserError:          # a key that no longer exists: not the same experiment any more
+            continue
+        if defining(saved) == wanted:
             return run_dir
     return None
 

@@ -86,9 +86,10 @@ class TrainerConfig:
     precision: str = "32-true"
     log_every_n_steps: int = 1
     val_every_n_steps: int = 50            # optimiser steps between periodic evaluations
-    checkpoint_every_n_steps: int = 50
+    checkpoint_every_n_steps: int = 50     # a multiple of val_every_n_steps: saved after that evaluation
     ref_sync_every_n_steps: int = 0        # copy policy -> reference every N optimiser steps (0: never)
     max_skipped_in_a_row: int = 200        # stop when this many rollouts in a row give no step
+    max_bad_steps_in_a_row: int = 10       # stop after this many non-finite losses / gradients in a row
 
 
 @dataclass
@@ -166,6 +167,14 @@ def merge_checked(schema: DictConfig, *sources: DictConfig, where: str, prefix: 
         raise UserError(f"config key {prefix + err.full_key!r} in {where}: {err.msg}") from None
 
 
+def load_run_config(path: Path) -> DictConfig:
+    """A run's saved config.yaml read through today's schema (keys added since get their defaults)."""
+    saved = OmegaConf.load(path)
+    cfg = merge_checked(OmegaConf.structured(ExperimentConfig), saved, where=str(path))
+    cfg.method = validate_method(cfg.method, str(path))
+    return cfg
+
+
 def load_experiment(name: str, overrides: list[str] | None = None) -> DictConfig:
     """Load, merge and validate an experiment; returns a read-only structured config."""
     path = experiment_path(name)
@@ -225,6 +234,9 @@ def check_combinations(cfg: DictConfig) -> None:
         if mu >= 1 and cfg.trainer[key] % mu:
             problems.append(f"trainer.{key} ({cfg.trainer[key]}) must be a multiple of method.num_iterations ({mu}), "
                             "the optimiser steps per rollout")
+    if cfg.trainer.checkpoint_every_n_steps % cfg.trainer.val_every_n_steps:
+        problems.append(f"trainer.checkpoint_every_n_steps ({cfg.trainer.checkpoint_every_n_steps}) must be a multiple "
+                        f"of trainer.val_every_n_steps ({cfg.trainer.val_every_n_steps}): checkpoints follow evaluations")
     if cfg.model.path is not None and cfg.model.init_from is not None:
         problems.append("set at most one of model.path and model.init_from")
     if problems:

@@ -118,8 +118,8 @@ class DiffusionRLModule(DiffusionModule):
             self.roles["reference"] = copy.deepcopy(policy).requires_grad_(False).eval()
         self.last_rollout: RolloutLog | None = None
         self.rollouts_done = 0        # rollout batches drawn, including skipped ones (checkpointed)
-        self.skipped_rollouts = 0     # rollout batches the objective left nothing to train on
-        self.skipped_in_a_row = 0
+        self.empty_rollouts = Streak(cfg.trainer.max_skipped_in_a_row)   # nothing left to train on
+        self.bad_steps = Streak(cfg.trainer.max_bad_steps_in_a_row)      # non-finite loss or gradient
 
     @property
     def reference(self) -> DiffusionLM | None:
@@ -134,11 +134,13 @@ class DiffusionRLModule(DiffusionModule):
             self.roles[name] = role.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rollouts"] = {"done": self.rollouts_done, "skipped": self.skipped_rollouts}
+        checkpoint["rollouts"] = {"done": self.rollouts_done, "empty": vars(self.empty_rollouts).copy(),
+                                  "bad_steps": vars(self.bad_steps).copy()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.rollouts_done = checkpoint["rollouts"]["done"]
-        self.skipped_rollouts = checkpoint["rollouts"]["skipped"]
+        vars(self.empty_rollouts).update(checkpoint["rollouts"]["empty"])
+        vars(self.bad_steps).update(checkpoint["rollouts"]["bad_steps"])
 
     def rollout_seed(self) -> int:
         """Seed of the current rollout: a function of (experiment seed, rollout index) only."""
@@ -197,17 +199,13 @@ class DiffusionRLModule(DiffusionModule):
         batch = self.objective.prepare(self.policy, self.reference, batch)
         self.log_dict({f"train/{k}": v for k, v in batch.stats.items()}, batch_size=batch.rows or 1)
         if batch.rows == 0:   # e.g. d-OPSD's gate: no optimiser step on an empty loss
-            self.skipped_rollouts += 1
-            self.skipped_in_a_row += 1
-            self.log("train/skipped_rollouts", float(self.skipped_rollouts), batch_size=1)
-            limit = self.cfg.trainer.max_skipped_in_a_row
-            if self.skipped_in_a_row >= limit:
-                raise UserError(f"{limit} rollouts in a row left nothing to train on at optimiser step "
-                                f"{self.global_step} ({self.cfg.method.name}: {batch.stats}); the policy never "
-                                "passes the objective's gate. Raise rollout.passk, lower the gate, or start from "
-                                "a stronger base (trainer.max_skipped_in_a_row sets this limit)")
+            self.empty_rollouts.hit(lambda: (
+                f"rollouts in a row left nothing to train on, up to optimiser step {self.global_step} "
+                f"({self.cfg.method.name}: {batch.stats}); the policy never passes the objective's gate. Raise "
+                "rollout.passk, lower the gate or start from a stronger base (limit: trainer.max_skipped_in_a_row)"))
+            self.log("train/skipped_rollouts", float(self.empty_rollouts.total), batch_size=1)
             return
-        self.skipped_in_a_row = 0
+        self.empty_rollouts.reset()
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         for iteration in range(self.cfg.method.num_iterations):
@@ -219,12 +217,40 @@ class DiffusionRLModule(DiffusionModule):
                 self.manual_backward(loss * weight)
                 for key, value in {"loss": loss.detach(), **metrics}.items():
                     totals[key] = totals.get(key, 0.0) + value * weight
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            bad = [key for key, value in totals.items() if not torch.isfinite(torch.as_tensor(value)).all()]
+            if bad:   # skip the step: a NaN/inf must not reach the weights or Adam's moments
+                optimizer.zero_grad()
+                self.bad_steps.hit(lambda: (
+                    f"non-finite {', '.join(bad)} in optimiser steps in a row, the last at step {self.global_step} "
+                    f"(rollout {self.rollouts_done}, inner iteration {iteration}, {self.cfg.method.name}); "
+                    "lower optim.lr or check the objective's terms (limit: trainer.max_bad_steps_in_a_row)"))
+                self.log("train/skipped_bad_steps", float(self.bad_steps.total), batch_size=1)
+                continue
+            self.bad_steps.reset()
             optimizer.step()
             scheduler.step()
         self.log_dict({f"train/{k}": v for k, v in totals.items()}, batch_size=batch.rows)
-        self.log("train/grad_norm", grad_norm, batch_size=batch.rows)
         self.log("train/lr", scheduler.get_last_lr()[0], batch_size=batch.rows)
+
+
+@dataclass
+class Streak:
+    """Counts skipped events overall and in a row; `hit` raises a UserError (its message prefixed
+    by the count) when the row reaches `limit`."""
+
+    limit: int
+    total: int = 0
+    in_a_row: int = 0
+
+    def hit(self, message) -> None:
+        self.total += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise UserError(f"{self.in_a_row} {message()}")
+
+    def reset(self) -> None:
+        self.in_a_row = 0
 
 
 def merge_attempt(kept: dict, attempt: dict, rows: torch.Tensor) -> dict:

@@ -82,7 +82,7 @@ def test_dopsd_trains_when_some_rollouts_pass_and_stops_clearly_when_none_do(tmp
     from gdsd_lightning.models import DiffusionLM
     from gdsd_lightning.models.build import build_policy
     from gdsd_lightning.tasks.sudoku import Sudoku
-    from tests.test_training import rl_overrides, weights
+    from tests.conftest import rl_overrides, weights
 
     monkeypatch.setattr(Sudoku, "is_correct", lambda self, c, ex: zlib.crc32(c.encode()) % 3 == 0)
     gate = {"rollout.num_generations": 1, "method.gate_min_reward": "null"}     # gate on `correct`
@@ -94,5 +94,5 @@ def test_dopsd_trains_when_some_rollouts_pass_and_stops_clearly_when_none_do(tmp
     monkeypatch.setattr(Sudoku, "is_correct", lambda self, c, ex: False)
     stuck = load_experiment("dopsd_tiny_sudoku",
                             rl_overrides(tmp_path, 2, **gate, **{"trainer.max_skipped_in_a_row": 3}))
-    with pytest.raises(UserError, match="3 rollouts in a row"):
+    with pytest.raises(UserError, match="^3 rollouts in a row"):
         train(stuck)

@@ -1,7 +1,6 @@
 """Short end-to-end runs through the CLI on a very small model (seconds each)."""
 
 import json
-import zlib
 
 import pytest
 import torch
@@ -10,29 +9,7 @@ from gdsd_lightning.cli import main, train
 from gdsd_lightning.config import load_experiment
 from gdsd_lightning.models import DiffusionLM
 from gdsd_lightning.models.build import build_policy
-from gdsd_lightning.tasks.sudoku import Sudoku
-
-SMALL = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
-         "task.num_val=8", "eval.batch_size=8", "trainer.log_every_n_steps=1"]
-
-
-def rl_overrides(tmp_path, steps, **extra):
-    args = SMALL + [f"runs_dir={tmp_path / 'runs'}", "model.init_from=null", f"trainer.max_steps={steps}",
-                    "rollout.prompts_per_step=2", "rollout.num_generations=4", "method.num_iterations=2",
-                    "trainer.val_every_n_steps=2", "trainer.checkpoint_every_n_steps=2", "optim.lr=1e-3"]
-    return args + [f"{k}={v}" for k, v in extra.items()]
-
-
-@pytest.fixture
-def varied_reward(monkeypatch):
-    """A fresh random model scores 0 on sudoku, so every advantage would be 0; use a reward that
-    differs whenever two completions differ, so the loop has a signal to follow."""
-    monkeypatch.setattr(Sudoku, "reward", lambda self, completion, example: zlib.crc32(completion.encode()) % 100 / 100)
-
-
-def weights(model: DiffusionLM) -> dict:
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
+from tests.conftest import SMALL, rl_overrides, weights
 
 def test_rl_training_changes_the_weights_and_writes_the_run(tmp_path, varied_reward):
     cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 4, run_name="a"))

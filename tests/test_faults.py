@@ -1,0 +1,80 @@
+"""Faults: non-finite steps are skipped and bounded; SIGKILL and SIGTERM in the middle of a run
+lose nothing, and the resumed run ends where the uninterrupted one does."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from gdsd_lightning.cli import train
+from gdsd_lightning.config import load_experiment
+from gdsd_lightning.errors import UserError
+from gdsd_lightning.models import DiffusionLM
+from tests.conftest import rl_overrides, weights
+
+# The stand-in reward of test_training.varied_reward, installed inside a child process.
+CHILD = """
+import sys, zlib
+from gdsd_lightning.tasks.sudoku import Sudoku
+Sudoku.reward = lambda self, completion, example: zlib.crc32(completion.encode()) % 100 / 100
+from gdsd_lightning.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_non_finite_steps_are_skipped_counted_and_bounded(tmp_path, varied_reward, monkeypatch):
+    from gdsd_lightning.objectives.gdsd import GDSD
+
+    original, calls = GDSD.loss, []
+
+    def second_call_is_nan(self, policy, batch, iteration):
+        loss, metrics = original(self, policy, batch, iteration)
+        calls.append(iteration)
+        return (loss * float("nan"), metrics) if len(calls) == 2 else (loss, metrics)
+
+    monkeypatch.setattr(GDSD, "loss", second_call_is_nan)
+    run_dir = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 4, **{"method.num_iterations": 1})))
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 4 and state["rollouts"]["done"] == 5       # one rollout's step was skipped
+    assert state["rollouts"]["bad_steps"]["total"] == 1
+    assert all(torch.isfinite(v).all() for v in DiffusionLM.load(run_dir / "final").state_dict().values())
+
+    monkeypatch.setattr(GDSD, "loss", lambda self, *a: (lambda l, m: (l * float("inf"), m))(*original(self, *a)))
+    cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 4, run_name="bad", **{
+        "method.num_iterations": 1, "trainer.max_bad_steps_in_a_row": 3}))
+    with pytest.raises(UserError, match=r"^3 non-finite loss.* at step 0"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("sig, checkpoint, exit_code", [(signal.SIGKILL, "last.ckpt", -signal.SIGKILL),
+                                                        (signal.SIGTERM, "interrupted.ckpt", 128 + signal.SIGTERM)])
+def test_a_killed_run_resumes_to_the_same_end(tmp_path, varied_reward, sig, checkpoint, exit_code):
+    steps = 8
+    extra = {"method.num_iterations": 1}
+    straight = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, steps, run_name="straight", **extra)))
+
+    args = ["train", "gdsd_tiny_sudoku", *rl_overrides(tmp_path, steps, run_name="killed", **extra)]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    run_dir = tmp_path / "runs" / "gdsd_tiny_sudoku" / "killed"
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert child.poll() is None and time.time() < deadline, child.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    child.send_signal(sig)
+    assert child.wait(timeout=60) == exit_code
+    ckpt = run_dir / "checkpoints" / checkpoint
+    step = torch.load(ckpt, weights_only=False)["global_step"]
+    assert 2 <= step < steps, f"the signal should land mid-run (checkpoint at step {step})"
+
+    resumed = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, steps, run_name="killed",
+                                                                     resume=ckpt, **extra)))
+    a, b = weights(DiffusionLM.load(straight / "final")), weights(DiffusionLM.load(resumed / "final"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resumed run diverged from the straight run"
+    curve = lambda d: json.loads((d / "summary.json").read_text())["val_accuracy"]   # noqa: E731
+    assert curve(resumed) == curve(straight)
