@@ -45,7 +45,7 @@ class RolloutStatistics(L.Callback):
             "rollout/completion_length": rollout.lengths.mean(),
             "rollout/entropy": rollout.entropy.mean(),
         }
-        module.log_dict(stats, batch_size=rollout.rewards.numel(), prog_bar=False)
+        module.log_dict(stats, batch_size=rollout.rewards.numel(), prog_bar=False, sync_dist=True)
         module.log("reward", stats["rollout/reward_mean"], prog_bar=True, logger=False, batch_size=1)
         step = trainer.global_step
         if step // self.text_every_n_steps != self._last_text_step // self.text_every_n_steps:

@@ -41,6 +41,7 @@ def train(cfg) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities import rank_zero_only
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from gdsd_lightning.callbacks import CheckpointAfterEvaluation, ReferenceSync, RolloutStatistics, ValHistory
@@ -63,7 +64,8 @@ def train(cfg) -> Path:
 
     resume = str(require_file(cfg.resume, "resume checkpoint")) if cfg.resume else None
     run_dir = Path(resume).resolve().parents[1] if resume else create_run_dir(cfg)
-    save_config(cfg, run_dir / "config.yaml")
+    if rank_zero_only.rank == 0:
+        save_config(cfg, run_dir / "config.yaml")
     history = ValHistory(run_dir, cfg.name)
     callbacks = [
         history,

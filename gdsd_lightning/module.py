@@ -28,7 +28,7 @@ from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.generation import generate_and_score, prompt_texts, sample, score
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives import OBJECTIVES
-from gdsd_lightning.objectives.base import RolloutBatch, group_advantages
+from gdsd_lightning.objectives.base import RolloutBatch, group_advantages, zero_loss
 from gdsd_lightning.objectives.sft import masked_diffusion_loss
 from gdsd_lightning.tasks import Task
 
@@ -143,8 +143,8 @@ class DiffusionRLModule(DiffusionModule):
         vars(self.bad_steps).update(checkpoint["rollouts"]["bad_steps"])
 
     def rollout_seed(self) -> int:
-        """Seed of the current rollout: a function of (experiment seed, rollout index) only."""
-        return self.cfg.seed * 1_000_003 + self.rollouts_done
+        """Seed of the current rollout: a function of (experiment seed, rollout index, rank) only."""
+        return (self.cfg.seed * 1_000_003 + self.rollouts_done) * 1_009 + self.global_rank
 
     @torch.no_grad()
     def rollout(self, examples: list[dict]) -> RolloutBatch:
@@ -197,8 +197,12 @@ class DiffusionRLModule(DiffusionModule):
         batch = self.rollout(examples)
         self.rollouts_done += 1
         batch = self.objective.prepare(self.policy, self.reference, batch)
-        self.log_dict({f"train/{k}": v for k, v in batch.stats.items()}, batch_size=batch.rows or 1)
-        if batch.rows == 0:   # e.g. d-OPSD's gate: no optimiser step on an empty loss
+        self.log_dict({f"train/{k}": v for k, v in batch.stats.items()}, batch_size=batch.rows or 1, sync_dist=True)
+        # Ranks step together or not at all (DDP/FSDP synchronise every backward): skip only when no
+        # rank has rows left; a rank without rows then contributes a zero gradient.
+        rows_everywhere = int(self.trainer.strategy.reduce(torch.tensor(float(batch.rows), device=self.device),
+                                                           reduce_op="sum"))
+        if rows_everywhere == 0:   # e.g. d-OPSD's gate: no optimiser step on an empty loss
             self.empty_rollouts.hit(lambda: (
                 f"rollouts in a row left nothing to train on, up to optimiser step {self.global_step} "
                 f"({self.cfg.method.name}: {batch.stats}); the policy never passes the objective's gate. Raise "
@@ -217,6 +221,8 @@ class DiffusionRLModule(DiffusionModule):
                 self.manual_backward(loss * weight)
                 for key, value in {"loss": loss.detach(), **metrics}.items():
                     totals[key] = totals.get(key, 0.0) + value * weight
+            if batch.rows == 0:
+                self.manual_backward(zero_loss(self.policy))
             totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
             bad = [key for key, value in totals.items() if not torch.isfinite(torch.as_tensor(value)).all()]
             if bad:   # skip the step: a NaN/inf must not reach the weights or Adam's moments
@@ -230,8 +236,8 @@ class DiffusionRLModule(DiffusionModule):
             self.bad_steps.reset()
             optimizer.step()
             scheduler.step()
-        self.log_dict({f"train/{k}": v for k, v in totals.items()}, batch_size=batch.rows)
-        self.log("train/lr", scheduler.get_last_lr()[0], batch_size=batch.rows)
+        self.log_dict({f"train/{k}": v for k, v in totals.items()}, batch_size=max(batch.rows, 1), sync_dist=True)
+        self.log("train/lr", scheduler.get_last_lr()[0], batch_size=1)
 
 
 @dataclass

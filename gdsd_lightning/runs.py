@@ -22,8 +22,16 @@ def runs_root(cfg: DictConfig) -> Path:
     return root if root.is_absolute() else Path.cwd() / root
 
 
+RUN_DIR_ENV = "GDSD_RUN_DIR"   # set by rank 0; processes started by a multi-process launcher inherit it
+
+
 def create_run_dir(cfg: DictConfig) -> Path:
-    """A new run directory (name from `run_name` or a timestamp); `latest` is re-pointed at it."""
+    """A new run directory (name from `run_name` or a timestamp); `latest` is re-pointed at it.
+    Processes that a distributed launcher starts later (ranks > 0) join rank 0's directory."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank > 0 and RUN_DIR_ENV in os.environ:
+        return Path(os.environ[RUN_DIR_ENV])
     experiment_dir = runs_root(cfg) / cfg.name
     name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = experiment_dir / name
@@ -32,6 +40,7 @@ def create_run_dir(cfg: DictConfig) -> Path:
         run_dir, suffix = experiment_dir / f"{name}-{suffix}", suffix + 1
     run_dir.mkdir(parents=True, exist_ok=True)
     point_latest(experiment_dir, run_dir)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
 
 

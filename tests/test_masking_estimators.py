@@ -93,6 +93,12 @@ class ExactConditionals(torch.nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.sequences = torch.tensor(list(itertools.product(range(vocab), repeat=length)))
         self.log_q = torch.randn(len(self.sequences), generator=gen).mul(2).log_softmax(0)
+        self.head = torch.nn.Linear(vocab + 1, vocab + 1, bias=False)     # identity: "hidden" = logits
+        self.head.weight.data = torch.eye(vocab + 1)
+
+    def hidden_at(self, input_ids, attention_mask, positions):
+        logits = self(input_ids, attention_mask)
+        return logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
     def forward(self, input_ids, attention_mask=None):
         z = input_ids[:, 1:]
@@ -125,3 +131,17 @@ def test_coupled_elbo_expectation_is_the_exact_log_likelihood():
             per_level.append(sum(values) / len(values))
         expectation = sum(per_level) / len(per_level)
         assert math.isclose(expectation, model.log_q[index].item(), rel_tol=1e-5, abs_tol=1e-5)
+
+
+def test_chunked_token_logprobs_match_the_full_vocabulary_computation(monkeypatch):
+    from gdsd_lightning.diffusion import estimators
+
+    head = torch.nn.Linear(8, 50, bias=False)
+    hidden = torch.randn(3, 7, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    full = head(hidden).log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    (grad_full,) = torch.autograd.grad(full.sum(), hidden)
+    monkeypatch.setattr(estimators, "LOGIT_BUDGET", 3 * 50 * 2)     # chunks of 2 positions, recomputed
+    chunked = estimators.token_logprobs(head, hidden, targets)
+    (grad_chunked,) = torch.autograd.grad(chunked.sum(), hidden)
+    assert torch.allclose(chunked, full, atol=1e-5) and torch.allclose(grad_chunked, grad_full, atol=1e-5)

@@ -41,13 +41,13 @@ def test_block_sampler_commits_scheduled_tokens_inside_current_block_only(tiny_l
 def test_sampler_never_touches_the_prompt(tiny_llada, monkeypatch):
     ids, mask = tiny_llada.encode_prompts(PROMPTS)
     seen = []
-    original = DiffusionLM.forward
+    original = DiffusionLM.hidden_at
 
-    def spy(self, input_ids, attention_mask=None):
+    def spy(self, input_ids, attention_mask, positions):
         seen.append(input_ids[:, : ids.shape[1]].clone())
-        return original(self, input_ids, attention_mask)
+        return original(self, input_ids, attention_mask, positions)
 
-    monkeypatch.setattr(DiffusionLM, "forward", spy)
+    monkeypatch.setattr(DiffusionLM, "hidden_at", spy)
     block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature=1.0, generator=generator_for(1))
     assert len(seen) == 4 and all(torch.equal(s, ids) for s in seen)
 
@@ -68,8 +68,13 @@ def test_temperature_sampling_depends_only_on_the_local_generator(tiny_llada):
     assert not torch.equal(first, run(6))
 
 
+def shift_left(t: torch.Tensor) -> torch.Tensor:
+    return torch.cat([t[:, 1:], t[:, -1:]], dim=1)
+
+
 class ShiftedTwin(torch.nn.Module):
-    """The same network as `inner`, but its raw logits sit one position earlier (Dream style)."""
+    """The same network as `inner`, but its raw logits and final hidden states sit one position
+    earlier (Dream style)."""
 
     def __init__(self, inner):
         super().__init__()
@@ -78,7 +83,14 @@ class ShiftedTwin(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
-        return type("Out", (), {"logits": torch.cat([logits[:, 1:], logits[:, -1:]], dim=1)})()
+        return type("Out", (), {"logits": shift_left(logits)})()
+
+    def base_model(self, input_ids, attention_mask=None):
+        hidden = self.inner.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return type("Out", (), {"last_hidden_state": shift_left(hidden)})()
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
 
 
 def test_shifted_family_matches_in_place_family_after_the_adapter(tiny_llada):

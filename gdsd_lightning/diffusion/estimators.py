@@ -8,7 +8,35 @@ from __future__ import annotations
 
 import torch
 
+from torch.utils.checkpoint import checkpoint
+
 from gdsd_lightning.models.adapter import DiffusionLM
+
+LOGIT_BUDGET = 2**25   # float32 vocabulary logits alive at once in `token_logprobs` (128 MiB)
+
+
+def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                   center_logits: bool = False) -> torch.Tensor:
+    """log softmax(head(hidden))[target] per position, (B, k) float32, as logit[target] - logsumexp.
+
+    The vocabulary logits are built in chunks of positions holding at most LOGIT_BUDGET floats;
+    with several chunks each is recomputed in backward (activation checkpointing), so at most one
+    chunk of (B, chunk, V) logits is ever alive instead of the whole (B, k, V) tensor.
+    """
+    rows, positions, vocab = hidden.shape[0], hidden.shape[1], head.weight.shape[0]
+    chunk = max(1, LOGIT_BUDGET // max(1, rows * vocab))
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        if center_logits:
+            logits = logits - logits.mean(dim=-1, keepdim=True).detach()
+        return logits.gather(-1, t.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+
+    if chunk >= positions:
+        return piece(hidden, targets)
+    recompute = torch.is_grad_enabled()
+    return torch.cat([checkpoint(piece, h, t, use_reentrant=False) if recompute else piece(h, t)
+                      for h, t in zip(hidden.split(chunk, 1), targets.split(chunk, 1))], dim=1)
 
 
 def completion_logprobs(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -18,17 +46,16 @@ def completion_logprobs(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mas
 
     z is the completion with `masked` positions replaced by the mask token (and prompt positions
     in `prompt_masked`, if given). `center_logits` subtracts the detached vocabulary mean of each
-    position's logits before the log-softmax (GDSD-TLC; a no-op in exact arithmetic).
+    position's logits before the log-softmax (GDSD-TLC; a no-op in exact arithmetic). The LM head
+    runs only at the completion positions, in chunks (`token_logprobs`).
     """
     prompt_len = prompt_ids.shape[1]
     noisy = torch.where(masked, model.mask_id, completion)
     prompt = prompt_ids if prompt_masked is None else torch.where(prompt_masked, model.mask_id, prompt_ids)
     inputs = torch.cat([prompt, noisy], dim=1)
     attention = torch.cat([prompt_mask, torch.ones_like(completion)], dim=1)
-    logits = model(inputs, attention)[:, prompt_len:].float()
-    if center_logits:
-        logits = logits - logits.mean(dim=-1, keepdim=True).detach()
-    return logits.log_softmax(dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+    positions = (prompt_len + torch.arange(completion.shape[1], device=completion.device)).expand_as(completion)
+    return token_logprobs(model.head, model.hidden_at(inputs, attention, positions), completion, center_logits)
 
 
 def coupled_logprobs(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

@@ -46,9 +46,11 @@ def start_sequence(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: to
     return torch.cat([prompt_ids, masks], 1), torch.cat([prompt_mask, ones], 1)
 
 
-def proposal_logits(model: DiffusionLM, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """Float32 denoiser logits with the mask token itself excluded from the proposals."""
-    logits = model(x, attention).float()
+def proposal_logits(model: DiffusionLM, x: torch.Tensor, attention: torch.Tensor,
+                    positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 denoiser logits (at `positions` (B, k) only, when given) with the mask token itself
+    excluded from the proposals."""
+    logits = (model(x, attention) if positions is None else model.logits_at(x, attention, positions)).float()
     logits[..., model.mask_id] = -torch.inf
     return logits
 
@@ -90,26 +92,25 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     entropy_sum = torch.zeros(x.shape[0], device=device)
     for block in range(num_blocks):
         start, end = prompt_len + block * block_length, prompt_len + (block + 1) * block_length
-        in_block = torch.zeros(x.shape[1], dtype=torch.bool, device=device)
-        in_block[start:end] = True
+        positions = torch.arange(start, end, device=device).expand(x.shape[0], -1)
         schedule = split_evenly((x[:, start:end] == model.mask_id).sum(1), steps_per_block)
         for step in range(steps_per_block):
             if record_states:
                 out.states.append(x[:, prompt_len:].clone())
                 out.state_blocks.append(block)
-            logits = proposal_logits(model, x, attention)
+            logits = proposal_logits(model, x, attention, positions)      # (B, block_length, V)
             proposal = gumbel_argmax(logits, temperature, generator)
             if remasking == "low_confidence":
                 confidence = logits.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
             elif remasking == "random":
-                confidence = torch.rand(x.shape, generator=generator, device=device)
+                confidence = torch.rand(proposal.shape, generator=generator, device=device)
             else:
                 raise ValueError(f"unknown remasking {remasking!r}; use low_confidence or random")
-            candidates = (x == model.mask_id) & in_block
-            confidence = torch.where(candidates, confidence, torch.full_like(confidence, -torch.inf))
+            current = x[:, start:end]
+            confidence = torch.where(current == model.mask_id, confidence, torch.full_like(confidence, -torch.inf))
             commit = top_k_mask(confidence, schedule[:, step])
             entropy_sum += (entropy(logits) * commit).sum(1)
-            x = torch.where(commit, proposal, x)
+            x[:, start:end] = torch.where(commit, proposal, current)
     out.completions = x[:, prompt_len:]
     out.entropy = entropy_sum / gen_length
     return out

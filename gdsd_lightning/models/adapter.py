@@ -43,15 +43,24 @@ class DiffusionLM(nn.Module):
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
+    def hidden_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  positions: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, k, H) that predict the tokens at `positions` (B, k); `head` turns
+        them into logits. Dream's shift is applied here (position l-1 predicts token l)."""
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        source = (positions - 1 if self.family.shift_logits else positions).clamp(min=0)
+        return hidden.gather(1, source.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+    @property
+    def head(self) -> nn.Module:
+        """The LM head (hidden -> vocabulary logits)."""
+        return self.model.get_output_embeddings()
+
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   positions: torch.Tensor) -> torch.Tensor:
         """Denoiser logits (B, k, V) at `positions` (B, k) only: the LM head never sees the other
         positions. Same values as forward(...) gathered at `positions`."""
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        source = positions - 1 if self.family.shift_logits else positions
-        source = source.clamp(min=0)
-        picked = hidden.gather(1, source.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        return self.model.get_output_embeddings()(picked)
+        return self.head(self.hidden_at(input_ids, attention_mask, positions))
 
     @property
     def device(self) -> torch.device:

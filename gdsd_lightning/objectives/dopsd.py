@@ -34,9 +34,9 @@ from typing import Optional
 import torch
 
 from gdsd_lightning.diffusion.masking import generator_for
-from gdsd_lightning.diffusion.sampler import top_k_mask
+from gdsd_lightning.diffusion.sampler import proposal_logits, top_k_mask
 from gdsd_lightning.models.adapter import DiffusionLM
-from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
+from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch, zero_loss
 
 
 @dataclass
@@ -85,14 +85,6 @@ def with_prompt(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completions
             torch.cat([prompt_mask, torch.ones_like(completions, dtype=prompt_mask.dtype)], 1))
 
 
-def proposal_logits_at(model: DiffusionLM, inputs: torch.Tensor, attention: torch.Tensor,
-                       positions: torch.Tensor) -> torch.Tensor:
-    """Float logits at `positions` with the mask token excluded, as the sampler proposes."""
-    logits = model.logits_at(inputs, attention, positions).float()
-    logits[..., model.mask_id] = -torch.inf
-    return logits
-
-
 class DOPSD(Objective):
     Config = DOPSDConfig
     record_states = True
@@ -132,7 +124,7 @@ class DOPSD(Objective):
         teacher = reference if self.cfg.fixed_teacher else policy
         was_training = teacher.training
         teacher.eval()
-        logits = proposal_logits_at(teacher, *with_prompt(prompt_ids, prompt_mask, teacher_states),
+        logits = proposal_logits(teacher, *with_prompt(prompt_ids, prompt_mask, teacher_states),
                                     prompt_len + block_cols)                   # (S, block_length, V)
         teacher.train(was_training)
         still_masked = flat_states.gather(1, block_cols) == policy.mask_id
@@ -155,11 +147,11 @@ class DOPSD(Objective):
         chunk = torch.tensor_split(torch.arange(batch.extras["states"].shape[1]), self.cfg.num_iterations)[iteration]
         usable = batch.extras["usable"][:, chunk]                               # (n, c)
         if not usable.any():
-            return torch.zeros((), requires_grad=True), {"states_used": torch.tensor(0.0)}
+            return zero_loss(policy), {"states_used": torch.tensor(0.0)}
         pick = lambda key: batch.extras[key][:, chunk][usable]                  # noqa: E731  (S', ...)
         row_of_state = torch.arange(batch.rows).unsqueeze(1).expand_as(usable)[usable]
         inputs, attention = with_prompt(batch.prompt_ids[row_of_state], batch.prompt_mask[row_of_state], pick("states"))
-        logits = proposal_logits_at(policy, inputs, attention, pick("positions"))  # (S', k, V)
+        logits = proposal_logits(policy, inputs, attention, pick("positions"))  # (S', k, V)
         student_logp = logits.gather(-1, pick("teacher_ids")).log_softmax(-1)
         terms = topk_divergence(student_logp, pick("teacher_logp"), self.cfg.beta, self.cfg.clamp)
         loss = terms.sum() / usable.sum()
