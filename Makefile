@@ -2,6 +2,7 @@
 #   make train [EXP=gdsd_tiny_sudoku] [ARGS="key=value ..."]
 #   make eval  [EXP=...] [CKPT=path] [DATA=path] [OUT=dir]
 #   make compare [TASK=sudoku] [SEEDS=3] [ARGS="key=value ..."]
+#   make bench [ARGS="--quick --device cuda --out dir"]
 #   make test
 EXP  ?= gdsd_tiny_sudoku
 TASK ?= sudoku
@@ -16,7 +17,7 @@ PY   := .venv/bin/python
 TORCH_VERSION  ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: train eval compare test test-slow data clean-venv
+.PHONY: train eval compare bench test test-slow data clean-venv
 
 .venv/.installed: pyproject.toml requirements.lock
 	python3 -m venv .venv
@@ -34,6 +35,9 @@ eval: .venv/.installed
 
 compare: .venv/.installed
 	$(PY) -m gdsd_lightning compare --task $(TASK) --seeds $(SEEDS) $(ARGS)
+
+bench: .venv/.installed
+	$(PY) -m gdsd_lightning bench $(ARGS)
 
 data: .venv/.installed
 	$(PY) -m gdsd_lightning make-data --out data

@@ -5,6 +5,7 @@
     eval EXP [--ckpt P] [--data F] [--out D] [k=v]    greedy evaluation on the test split or F
     compare [--task T] [--seeds N] [--methods a,b] [--out results] [k=v]
                                                       every RL method x seeds: table and plots
+    bench [--quick] [--device cpu|cuda] [--out D]     sampler and loss-pass speed and memory
     make-data [--out data]                            regenerate the frozen task splits
 """
 
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     p_compare.add_argument("--seeds", type=int, default=3)
     p_compare.add_argument("--methods", help="comma-separated subset (default: every method with an experiment)")
     p_compare.add_argument("--out", default="results")
+    p_bench = sub.add_parser("bench", help="sampler throughput, loss-step time and memory")
+    p_bench.add_argument("--quick", action="store_true", help="smaller settings, about a minute on 2 CPU cores")
+    p_bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p_bench.add_argument("--out", default="results/bench")
     p_data = sub.add_parser("make-data", help="regenerate the frozen sudoku/countdown splits")
     p_data.add_argument("--out", default="data")
     sub.add_parser("list", help="list the experiments")
@@ -165,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
 
             methods = args.methods.split(",") if args.methods else None
             compare(args.task, args.seeds, methods, args.out, args.overrides)
+        elif args.command == "bench":
+            from gdsd_lightning.bench import bench
+
+            bench(args.quick, args.device, args.out)
         elif args.command == "make-data":
             from gdsd_lightning.tasks.splits import GENERATED_TASKS, write_splits
 

@@ -42,6 +42,7 @@ class RunResult:
     final_accuracy: float
     best_accuracy: float
     reward_auc: float
+    best_step: int                         # optimiser step of the best val accuracy
     val_curve: list[tuple[int, float]]
     reward_curve: list[tuple[int, float]]
 
@@ -123,7 +124,7 @@ def run_one(method: str, experiment: str, seed: int, overrides: list[str]) -> Ru
     final_acc = test_accuracy(cfg, run_dir / FINAL_MODEL, run_dir / "test" / "final")
     best_acc = test_accuracy(cfg, best_ckpt, run_dir / "test" / "best") if best_ckpt.is_file() else final_acc
     return RunResult(method, seed, run_dir, summary["steps"], summary["wall_time_s"], final_acc, best_acc,
-                     statistics.fmean(r for _, r in rewards) if rewards else float("nan"),
+                     statistics.fmean(r for _, r in rewards) if rewards else float("nan"), summary["best_step"],
                      [tuple(p) for p in summary["val_accuracy"]], rewards)
 
 
@@ -153,6 +154,7 @@ def summarise(results: list[RunResult]) -> list[dict]:
             "final_accuracy_mean": round(final_mean, 4), "final_accuracy_std": round(final_std, 4),
             "best_accuracy_mean": round(best_mean, 4), "best_accuracy_std": round(best_std, 4),
             "reward_auc": round(statistics.fmean(r.reward_auc for r in runs), 4),
+            "best_step_mean": round(statistics.fmean(r.best_step for r in runs), 1),
             "steps": runs[0].steps,
             "wall_time_s": round(statistics.fmean(r.wall_time_s for r in runs), 1),
         })
@@ -243,7 +245,7 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     write_csv(out_dir / "runs.csv", [{
         "method": r.method, "seed": r.seed, "run_dir": str(r.run_dir), "steps": r.steps,
         "wall_time_s": r.wall_time_s, "final_accuracy": r.final_accuracy, "best_accuracy": r.best_accuracy,
-        "reward_auc": round(r.reward_auc, 4),
+        "reward_auc": round(r.reward_auc, 4), "best_step": r.best_step,
         "val_accuracy_start": r.val_curve[0][1] if r.val_curve else None} for r in results])
     write_csv(out_dir / "compare.csv", rows)
     plot(results, rows, base, task, out_dir)

@@ -160,25 +160,14 @@ class DiffusionRLModule(DiffusionModule):
         prompt_ids, prompt_mask = (t.to(self.device) for t in self.policy.encode_prompts(prompts))
         seed = self.rollout_seed()
         generator = generator_for(seed, self.device)
-        record = self.objective.record_states
         self.policy.eval()
-        kept, pending = None, torch.arange(len(repeated), device=self.device)
-        for _ in range(self.cfg.rollout.passk):
-            out = sample(self.policy, prompt_ids[pending], prompt_mask[pending], self.cfg.sampler,
-                         self.cfg.rollout.temperature, generator, record_states=record)
-            texts = self.policy.decode(out.completions)
-            examples_now = [repeated[i] for i in pending.tolist()]
-            rewards = torch.tensor([r["reward"] for r in score(self.task, texts, examples_now)], device=self.device)
-            correct = torch.tensor([self.task.is_correct(t, ex) for t, ex in zip(texts, examples_now)],
-                                   dtype=torch.bool, device=self.device)
-            attempt = {"completions": out.completions, "rewards": rewards, "correct": correct,
-                       "entropy": out.entropy, "texts": texts}
-            if record:
-                attempt["states"] = torch.stack(out.states, dim=1)
-            kept = attempt if kept is None else merge_attempt(kept, attempt, pending)
-            pending = pending[~kept["correct"][pending]]
+        rows = torch.arange(len(repeated), device=self.device)
+        kept = self.attempt(prompt_ids, prompt_mask, repeated, rows, generator)
+        for _ in range(self.cfg.rollout.passk - 1):
+            pending = rows[~kept["correct"]]
             if len(pending) == 0:
                 break
+            kept = merge_attempt(kept, self.attempt(prompt_ids, prompt_mask, repeated, pending, generator), pending)
         self.policy.train()
         advantages = group_advantages(kept["rewards"], group, self.objective.cfg.advantage,
                                       self.objective.cfg.scale_advantage) if group > 1 else torch.zeros_like(kept["rewards"])
@@ -188,10 +177,28 @@ class DiffusionRLModule(DiffusionModule):
                                        kept["entropy"], group)
         batch = RolloutBatch(prompt_ids, prompt_mask, kept["completions"], valid, kept["rewards"], advantages,
                              seed, group, correct=kept["correct"])
-        if record:
-            batch.extras["states"] = kept["states"]
-            batch.extras["state_blocks"] = torch.tensor(out.state_blocks, device=self.device).expand(len(repeated), -1)
+        if self.objective.record_states:
+            batch.extras.update(states=kept["states"], state_blocks=kept["state_blocks"])
         return batch
+
+    def attempt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
+                rows: torch.Tensor, generator: torch.Generator) -> dict:
+        """One sampling pass over `rows`: completions, texts, rewards, correctness, entropy and,
+        for objectives that want them, the intermediate states (rows, steps, L) and their blocks."""
+        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.cfg.sampler, self.cfg.rollout.temperature,
+                     generator, record_states=self.objective.record_states)
+        texts = self.policy.decode(out.completions)
+        chosen = [examples[i] for i in rows.tolist()]
+        attempt = {
+            "completions": out.completions, "texts": texts, "entropy": out.entropy,
+            "rewards": torch.tensor([r["reward"] for r in score(self.task, texts, chosen)], device=self.device),
+            "correct": torch.tensor([self.task.is_correct(t, ex) for t, ex in zip(texts, chosen)],
+                                    dtype=torch.bool, device=self.device),
+        }
+        if self.objective.record_states:
+            attempt["states"] = torch.stack(out.states, dim=1)
+            attempt["state_blocks"] = torch.tensor(out.state_blocks, device=self.device).expand(len(rows), -1)
+        return attempt
 
     def training_step(self, examples: list[dict], batch_idx: int) -> None:
         batch = self.rollout(examples)

@@ -120,3 +120,11 @@ def test_block_sampler_rejects_bad_block_layout(tiny_llada):
     ids, mask = tiny_llada.encode_prompts(PROMPTS)
     with pytest.raises(ValueError):
         block_sample(tiny_llada, ids, mask, 10, 4, 5)
+
+
+def test_exact_sampler_matches_the_naive_published_loop_greedily(tiny_llada):
+    from gdsd_lightning.bench import naive_block_sample
+
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    ours = block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature=0.0).completions
+    assert torch.equal(ours, naive_block_sample(tiny_llada, ids, mask, 8, 4, 4))
