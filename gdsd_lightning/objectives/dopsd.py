@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 from gdsd_lightning.diffusion.masking import generator_for
-from gdsd_lightning.diffusion.sampler import proposal_logits, top_k_mask
+from gdsd_lightning.diffusion.sampler import proposal_logits
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch, zero_loss
 
@@ -125,12 +125,11 @@ class DOPSD(Objective):
         was_training = teacher.training
         teacher.eval()
         logits = proposal_logits(teacher, *with_prompt(prompt_ids, prompt_mask, teacher_states),
-                                    prompt_len + block_cols)                   # (S, block_length, V)
+                                 prompt_len + block_cols)                      # (S, block_length, V)
         teacher.train(was_training)
         still_masked = flat_states.gather(1, block_cols) == policy.mask_id
-        confidence = torch.where(still_masked, logits.softmax(-1).amax(-1), torch.full_like(still_masked, -1.0, dtype=torch.float))
-        chosen = top_k_mask(confidence, torch.full((len(confidence),), per_step, device=states.device))
-        order = torch.where(chosen, confidence, torch.full_like(confidence, -2.0)).argsort(1, descending=True)[:, :per_step]
+        confidence = logits.softmax(-1).amax(-1).masked_fill(~still_masked, -1.0)   # decoded positions last
+        order = confidence.topk(per_step, dim=1).indices                          # (S, k) block offsets
         picked_logits = logits.gather(1, order.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))   # (S, k, V)
         top = picked_logits.topk(min(self.cfg.top_k_vocab, picked_logits.shape[-1]), dim=-1)
         usable = (still_masked.sum(1) >= per_step) & batch.valid.repeat_interleave(num_states, 0).gather(
