@@ -86,7 +86,7 @@ def train(cfg) -> Path:
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         val_check_interval=max(1, t.val_every_n_steps // steps_per_batch), check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1, callbacks=callbacks,
+        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False, callbacks=callbacks,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False),
         default_root_dir=str(run_dir), enable_model_summary=False, inference_mode=False,
     )

@@ -35,26 +35,31 @@ def as_list(examples: list[dict]) -> list[dict]:
 
 
 class ResumableShuffle(Sampler[int]):
-    """Index stream in which pass e over the data is permutation(seed, e), started at `start`.
+    """The indices of batches start..stop-1 of one rank, from a global stream in which pass e over
+    the data is permutation(seed, e): rank r of w takes batch b from stream positions
+    (b w + r) B .. (b w + r + 1) B - 1 (B = batch size).
 
-    Being a function of (seed, position) only, a resumed run draws exactly the prompts the
-    uninterrupted run would have drawn next.
+    Being a function of (seed, batch, rank) only, a resumed run draws exactly the prompts the
+    uninterrupted run would have drawn next, and ranks never draw the same stream position.
     """
 
-    def __init__(self, size: int, seed: int, start: int, stop: int):
-        self.size, self.seed, self.start, self.stop = size, seed, start, stop
+    def __init__(self, size: int, seed: int, batch_size: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.batch_size = size, seed, batch_size
+        self.start, self.stop, self.rank, self.world_size = start, stop, rank, world_size
 
     def __iter__(self):
         permutation, current = None, -1
-        for position in range(self.start, self.stop):
-            epoch = position // self.size
-            if epoch != current:
-                permutation = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
-                current = epoch
-            yield int(permutation[position % self.size])
+        for batch in range(self.start, self.stop):
+            first = (batch * self.world_size + self.rank) * self.batch_size
+            for position in range(first, first + self.batch_size):
+                epoch = position // self.size
+                if epoch != current:
+                    permutation = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+                    current = epoch
+                yield int(permutation[position % self.size])
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return (self.stop - self.start) * self.batch_size
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -75,13 +80,15 @@ class PromptDataModule(L.LightningDataModule):
         """The batches still to run, from the module's batch count (restored before this is called).
 
         A batch that produced no optimiser step (a skipped rollout) leaves the stream short; the
-        loader is then rebuilt for the next epoch and continues from the batch count.
+        loader is then rebuilt for the next epoch and continues from the batch count. Each rank
+        reads its own share (the trainer runs with use_distributed_sampler=False).
         """
-        done = self.trainer.lightning_module.batches_done if self.trainer else 0
-        steps_left = self.cfg.trainer.max_steps - (self.trainer.global_step if self.trainer else 0)
+        trainer = self.trainer
+        done = trainer.lightning_module.batches_done if trainer else 0
+        steps_left = self.cfg.trainer.max_steps - (trainer.global_step if trainer else 0)
         total = done + -(-steps_left // self.steps_per_batch)
-        sampler = ResumableShuffle(len(self.train_examples), self.cfg.seed,
-                                   done * self.train_batch_size, total * self.train_batch_size)
+        sampler = ResumableShuffle(len(self.train_examples), self.cfg.seed, self.train_batch_size, done, total,
+                                   trainer.global_rank if trainer else 0, trainer.world_size if trainer else 1)
         return DataLoader(self.train_examples, batch_size=self.train_batch_size, sampler=sampler,
                           drop_last=True, collate_fn=as_list)
 

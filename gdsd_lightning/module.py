@@ -203,8 +203,9 @@ class DiffusionRLModule(DiffusionModule):
     def training_step(self, examples: list[dict], batch_idx: int) -> None:
         batch = self.rollout(examples)
         self.rollouts_done += 1
+        drawn = batch.rows
         batch = self.objective.prepare(self.policy, self.reference, batch)
-        self.log_dict({f"train/{k}": v for k, v in batch.stats.items()}, batch_size=batch.rows or 1, sync_dist=True)
+        self.log_dict({f"train/{k}": v for k, v in self.global_means(batch.stats, drawn).items()}, batch_size=1)
         # Ranks step together or not at all (DDP/FSDP synchronise every backward): skip only when no
         # rank has rows left; a rank without rows then contributes a zero gradient.
         rows_everywhere = int(self.trainer.strategy.reduce(torch.tensor(float(batch.rows), device=self.device),
@@ -243,8 +244,21 @@ class DiffusionRLModule(DiffusionModule):
             self.bad_steps.reset()
             optimizer.step()
             scheduler.step()
-        self.log_dict({f"train/{k}": v for k, v in totals.items()}, batch_size=max(batch.rows, 1), sync_dist=True)
+        self.log_dict({f"train/{k}": v for k, v in self.global_means(totals, batch.rows).items()}, batch_size=1)
         self.log("train/lr", scheduler.get_last_lr()[0], batch_size=1)
+
+    def global_means(self, metrics: dict, weight: float) -> dict[str, float]:
+        """Means over ranks, weighted by `weight` (this rank's rows), of metrics whose keys may differ
+        between ranks (a rank left without rows has no loss terms). One collective call per use, made
+        by every rank, so ranks never wait on different reductions."""
+        local = {key: float(value) for key, value in metrics.items()}
+        if self.trainer.world_size == 1:
+            return local
+        gathered: list = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, (float(weight), local))
+        keys = dict.fromkeys(key for _, values in gathered for key in values)
+        return {key: sum(w * values[key] for w, values in gathered if key in values)
+                / max(sum(w for w, values in gathered if key in values), 1e-12) for key in keys}
 
 
 @dataclass
