@@ -34,12 +34,13 @@ from gdsd_lightning.models.tokenizer import build_char_tokenizer
 from gdsd_lightning.runs import write_json
 
 LARGE_VOCAB = 128_000
-# name -> (model width, layers, vocabulary or None for the tokenizer's, batch, prompt, gen, block, steps)
+# model width, layers, vocabulary (None: the tokenizer's), batch, prompt length, generation length, block, steps;
+# large_vocab follows LLaDA's evaluation shape (blocks of 32, 2 tokens per step) at a smaller length
 SAMPLER_CASES = {
     "tiny_sudoku": dict(hidden=64, layers=4, vocab=None, batch=64, prompt=17, gen=16, block=16, steps=8),
-    "large_vocab": dict(hidden=64, layers=2, vocab=LARGE_VOCAB, batch=16, prompt=32, gen=64, block=32, steps=32),
+    "large_vocab": dict(hidden=64, layers=2, vocab=LARGE_VOCAB, batch=8, prompt=64, gen=128, block=32, steps=64),
 }
-QUICK = {"tiny_sudoku": dict(batch=32), "large_vocab": dict(batch=4, gen=32, steps=16)}
+QUICK = {"tiny_sudoku": dict(batch=32), "large_vocab": dict(batch=4, prompt=32, gen=64, steps=32)}
 LOSS_BATCH = dict(rows=64, prompt=17, gen=16)
 MEMORY_CASE = dict(hidden=64, layers=2, vocab=LARGE_VOCAB, rows=8, prompt=64, gen=64)
 
@@ -131,7 +132,7 @@ def bench_losses(device: str, repeats: int) -> dict:
                              seed=0, group_size=8, correct=torch.ones(rows, dtype=torch.bool, device=device))
         if objective.record_states:
             out = block_sample(model, ids, mask, gen, cfg.sampler.block_length, cfg.sampler.steps, 0.9,
-                               generator_for(4), record_states=True)
+                               generator=generator_for(4), record_states=True)
             batch.completions = out.completions
             batch.extras.update(states=torch.stack(out.states, 1),
                                 state_blocks=torch.tensor(out.state_blocks, device=device).expand(rows, -1))

@@ -100,7 +100,7 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
                 out.state_blocks.append(block)
             logits = proposal_logits(model, x, attention, positions)      # (B, block_length, V)
             proposal = gumbel_argmax(logits, temperature, generator)
-            if remasking == "low_confidence":
+            if remasking == "low_confidence":   # the reference's arithmetic, so near-ties rank the same way
                 confidence = logits.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
             elif remasking == "random":
                 confidence = torch.rand(proposal.shape, generator=generator, device=device)
@@ -109,7 +109,7 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             current = x[:, start:end]
             confidence = torch.where(current == model.mask_id, confidence, torch.full_like(confidence, -torch.inf))
             commit = top_k_mask(confidence, schedule[:, step])
-            entropy_sum += (entropy(logits) * commit).sum(1)
+            entropy_sum.index_add_(0, commit.nonzero()[:, 0], entropy(logits[commit]))   # committed positions only
             x[:, start:end] = torch.where(commit, proposal, current)
     out.completions = x[:, prompt_len:]
     out.entropy = entropy_sum / gen_length
