@@ -30,6 +30,12 @@ from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root
 METHOD_ORDER = ["gdsd", "gdsd_tlc", "diffu_grpo", "wd1", "spg", "espo", "dmpo", "dopsd"]
 NOT_COMPARED = ("run_name", "resume")      # keys that name a run rather than define it
 SMOOTHING = 25                             # rollouts in the moving average of the reward plot
+NOTES = """Columns: test accuracy (greedy) of the final model and of the best-by-val checkpoint, mean and
+std over seeds; `reward_auc` = mean rollout reward over training; `best_step_mean` = optimiser step
+of the best val accuracy (0: the base itself was best); `wall_time_s` = training time per run.
+d-OPSD's rollout reward is that of the kept attempt (best of `passk`), so its reward curve and
+`reward_auc` are not comparable with the others'; rollouts its gate skipped do not count as steps.
+"""
 
 
 @dataclass
@@ -169,11 +175,13 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def band(curves: list[list[tuple[int, float]]], smooth: int = 1):
-    """Common steps, mean and std over seeds of (step, value) curves (moving average of `smooth`)."""
+    """Steps, mean and std over seeds of (step, value) curves, each interpolated onto the union of
+    their steps within the range they share (moving average of `smooth` points)."""
     import numpy as np
 
-    steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
-    values = np.array([[dict(c)[s] for s in steps] for c in curves])
+    low, high = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    steps = sorted({s for c in curves for s, _ in c if low <= s <= high})
+    values = np.array([np.interp(steps, [s for s, _ in c], [v for _, v in c]) for c in curves])
     if smooth > 1 and values.shape[1] >= smooth:
         kernel = np.ones(smooth) / smooth
         values = np.array([np.convolve(v, kernel, mode="valid") for v in values])
@@ -197,8 +205,8 @@ def plot(results: list[RunResult], rows: list[dict], base: float | None, task: s
                 steps, mean, std = band(curves, smooth)
                 (line,) = ax.plot(steps, mean, label=method)
                 ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    ax_reward.set(title=f"{task}: rollout reward ({SMOOTHING}-step mean; band = std over seeds)",
-                  xlabel="optimiser step", ylabel="mean reward")
+    ax_reward.set(title=f"{task}: rollout reward ({SMOOTHING}-rollout mean; band = std over seeds)",
+                  xlabel="rollout", ylabel="mean reward")
     ax_val.set(title=f"{task}: val accuracy (greedy)", xlabel="optimiser step", ylabel="accuracy")
     ax_val.legend()
     fig.tight_layout()
@@ -257,7 +265,7 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     (out_dir / "compare.md").write_text(
         f"# {task}: method comparison\n\n{settings}.\n\nReproduce: `{command}` "
         f"(this one took {time.time() - started:.0f} s including reused runs).\n\n{markdown_table(rows)}\n\n"
-        f"![curves](curves.png)\n\n![test accuracy](test_accuracy.png)\n")
+        f"{NOTES}\n![curves](curves.png)\n\n![test accuracy](test_accuracy.png)\n")
     print(f"[compare] wrote {out_dir}/compare.csv, compare.md, curves.png, test_accuracy.png", flush=True)
     print(markdown_table(rows), flush=True)
     return out_dir

@@ -59,6 +59,23 @@ class DiffusionModule(L.LightningModule):
         """Training batches consumed so far: where a resumed prompt stream starts."""
         return self.global_step
 
+    def model_signature(self) -> dict:
+        """What a checkpoint's weights must match: family, vocabulary and parameter shapes."""
+        return {"family": self.policy.family.name, "vocabulary": len(self.policy.tokenizer),
+                "parameters": {k: list(v.shape) for k, v in self.policy.state_dict().items()}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["model_signature"] = self.model_signature()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, in one sentence, a checkpoint of another family, vocabulary or model size."""
+        saved, current = checkpoint.get("model_signature"), self.model_signature()
+        if saved is not None and saved != current:
+            what = [k for k in ("family", "vocabulary") if saved[k] != current[k]] or ["parameter shapes"]
+            raise UserError(f"the checkpoint's model does not match experiment {self.cfg.name!r} ({', '.join(what)}: "
+                            f"checkpoint {saved['family']} with {saved['vocabulary']} tokens, experiment "
+                            f"{current['family']} with {current['vocabulary']} tokens); resume it with its own experiment")
+
     def configure_optimizers(self):
         o = self.cfg.optim
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -134,10 +151,12 @@ class DiffusionRLModule(DiffusionModule):
             self.roles[name] = role.to(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["rollouts"] = {"done": self.rollouts_done, "empty": vars(self.empty_rollouts).copy(),
                                   "bad_steps": vars(self.bad_steps).copy()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.rollouts_done = checkpoint["rollouts"]["done"]
         vars(self.empty_rollouts).update(checkpoint["rollouts"]["empty"])
         vars(self.bad_steps).update(checkpoint["rollouts"]["bad_steps"])

@@ -78,3 +78,11 @@ def test_a_killed_run_resumes_to_the_same_end(tmp_path, varied_reward, sig, chec
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resumed run diverged from the straight run"
     curve = lambda d: json.loads((d / "summary.json").read_text())["val_accuracy"]   # noqa: E731
     assert curve(resumed) == curve(straight)
+
+
+def test_resuming_with_another_models_checkpoint_is_refused_in_one_sentence(tmp_path, varied_reward):
+    first = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 2, **{"method.num_iterations": 1})))
+    wider = rl_overrides(tmp_path, 4, resume=first / "checkpoints" / "last.ckpt",
+                         **{"method.num_iterations": 1, "model.hidden_size": 48})
+    with pytest.raises(UserError, match="does not match experiment 'gdsd_tiny_sudoku' \\(parameter shapes"):
+        train(load_experiment("gdsd_tiny_sudoku", wider))
