@@ -15,19 +15,22 @@ from torch.utils.data import DataLoader, Sampler
 
 from gdsd_lightning.config import PROJECT_ROOT
 from gdsd_lightning.tasks import Task
-from gdsd_lightning.tasks.splits import split_path
+from gdsd_lightning.tasks.splits import GENERATED_TASKS, split_path
 
 
-def resolve_split(task_cfg: DictConfig, split: str) -> Path:
-    """The file of `split`: the explicit `<split>_path`, else `<data_dir>/<task>/<split>.*`
-    (a relative data_dir is looked up in the working directory, then in the project root)."""
+def load_split(task: Task, task_cfg: DictConfig, split: str) -> tuple[list[dict], str]:
+    """The examples of `split` and a name for them. Sources, first match: the explicit
+    `<split>_path`; the generated `<data_dir>/<task>/<split>.*` (a relative data_dir is looked up
+    in the working directory, then in the project root); the task's hub data set."""
     explicit = task_cfg.get(f"{split}_path")
     if explicit:
-        return Path(explicit)
+        return task.load(explicit), Path(explicit).stem
     path = split_path(task_cfg.data_dir, task_cfg.name, split)
     if not path.exists() and not Path(task_cfg.data_dir).is_absolute():
         path = split_path(PROJECT_ROOT / task_cfg.data_dir, task_cfg.name, split)
-    return path
+    if path.exists() or task.name in GENERATED_TASKS:
+        return task.load(path), path.stem
+    return task.load_hub(split), split
 
 
 def as_list(examples: list[dict]) -> list[dict]:
@@ -72,9 +75,9 @@ class PromptDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.train_examples and stage in (None, "fit"):
-            self.train_examples = self.task.load(resolve_split(self.cfg.task, "train"))
+            self.train_examples, _ = load_split(self.task, self.cfg.task, "train")
         if not self.val_examples:
-            self.val_examples = self.task.load(resolve_split(self.cfg.task, "val"))[: self.cfg.task.num_val]
+            self.val_examples = load_split(self.task, self.cfg.task, "val")[0][: self.cfg.task.num_val]
 
     def train_dataloader(self) -> DataLoader:
         """The batches still to run, from the module's batch count (restored before this is called).

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
-from gdsd_lightning.data import resolve_split
+from gdsd_lightning.data import load_split
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.generation import generate_and_score
 from gdsd_lightning.models.adapter import DiffusionLM
@@ -49,24 +49,24 @@ def load_policy(cfg: DictConfig, ckpt: str | None) -> tuple[DiffusionLM, Path]:
 
 def evaluate(cfg: DictConfig, ckpt: str | None = None, data: str | None = None, out: str | None = None) -> dict:
     task = get_task(cfg.task.name)
-    data_path = Path(data) if data else resolve_split(cfg.task, "test")
-    examples = task.load(data_path)[: cfg.eval.num_examples]
+    examples, data_name = (task.load(data), Path(data).stem) if data else load_split(task, cfg.task, "test")
+    examples = examples[: cfg.eval.num_examples]
     policy, source = load_policy(cfg, ckpt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = policy.to(device).eval()
-    out_dir = Path(out) if out else (source if source.is_dir() else source.parent) / "eval" / data_path.stem
+    out_dir = Path(out) if out else (source if source.is_dir() else source.parent) / "eval" / data_name
     out_dir.mkdir(parents=True, exist_ok=True)
 
     means = {k: MeanMetric() for k in task.metric_names}
     size = cfg.eval.batch_size
     with open(out_dir / "generations.jsonl", "w", encoding="utf-8") as f:
-        for start in tqdm(range(0, len(examples), size), desc=f"eval {cfg.name} on {data_path.name}", unit="batch"):
+        for start in tqdm(range(0, len(examples), size), desc=f"eval {cfg.name} on {data_name}", unit="batch"):
             batch = examples[start:start + size]
             for example, record in zip(batch, generate_and_score(policy, task, batch, cfg)):
                 f.write(json.dumps({"example": example, **record}) + "\n")
                 for key, metric in means.items():
                     metric.update(record[key])
-    summary = {"experiment": cfg.name, "checkpoint": str(source), "data": str(data_path), "n": len(examples),
+    summary = {"experiment": cfg.name, "checkpoint": str(source), "data": data or data_name, "n": len(examples),
                **{k: round(float(m.compute()), 4) for k, m in means.items()}}
     write_json(out_dir / "summary.json", summary)
     summary["out"] = str(out_dir)

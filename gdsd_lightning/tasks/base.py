@@ -1,8 +1,10 @@
 """The task interface: data loading with row validation, prompts, answer parsing, rewards.
 
 Examples are plain dicts with the data set's own field names (sudoku: Puzzle/Solution,
-countdown: input/output), so `task.is_correct(completion, example)` works on rows read straight
-from the published files.
+countdown: input/output, gsm8k: question/answer, math: problem/solution/answer, humaneval:
+prompt/test/entry_point, mbpp: text/code/test_list/test_setup_code), so
+`task.is_correct(completion, example)` works on rows read straight from the published files.
+Splits come from a local file (JSONL, CSV, Parquet) or, for the hub data sets, `datasets`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import csv
 import json
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from gdsd_lightning.errors import UserError
+from gdsd_lightning.hub import offline_unless_reachable, unreachable
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 
@@ -22,26 +27,68 @@ REASONING_SYSTEM_PROMPT = (
 )
 
 
+@dataclass(frozen=True)
+class HubSplits:
+    """Where a task's splits live on the Hugging Face hub: a data set id and config, and per split
+    a `datasets` split expression ('train[:-256]') or a whole (id, config, split) triple."""
+
+    dataset: str
+    config: str | None
+    train: str | tuple | None = None
+    val: str | tuple | None = None
+    test: str | tuple | None = None
+
+    def source(self, split: str) -> tuple[str, str | None, str] | None:
+        where = getattr(self, split)
+        if where is None or isinstance(where, tuple):
+            return where
+        return self.dataset, self.config, where
+
+
 class Task(ABC):
     """A task: what a prompt looks like, what a good completion is, and how it is scored."""
 
     name: str
+    hub: HubSplits | None = None   # set by tasks whose data sets live on the hub
 
     # ---- data ---------------------------------------------------------------------------
     def load(self, path: str | Path) -> list[dict]:
-        """Read a split (JSONL or CSV); a malformed row raises `UserError` naming file and line."""
+        """Read a split file (JSONL, CSV or Parquet); a malformed row raises `UserError` naming
+        file and line (row number for Parquet)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"data file {path} does not exist")
-        rows = read_csv(path) if path.suffix == ".csv" else read_jsonl(path)
+        readers = {".csv": read_csv, ".parquet": read_parquet}
+        return self.validated(readers.get(path.suffix, read_jsonl)(path), f"{path}, line")
+
+    def load_hub(self, split: str) -> list[dict]:
+        """The `split` of this task's hub data set through `datasets.load_dataset` (local cache when
+        the hub is unreachable); fails in seconds with a sentence when neither has it."""
+        source = self.hub.source(split) if self.hub else None
+        if source is None:
+            raise UserError(f"task {self.name} has no {split} split of its own; set task.{split}_path "
+                            f"to a JSONL or Parquet file")
+        dataset_id, config, expression = source
+        import datasets
+
+        online = offline_unless_reachable()
+        try:
+            rows = datasets.load_dataset(dataset_id, config, split=expression)
+        except (ConnectionError, FileNotFoundError):
+            if online:
+                raise
+            raise unreachable("data set", dataset_id, f"set task.{split}_path to a local JSONL or Parquet file") from None
+        return self.validated(enumerate(rows, start=1), f"{dataset_id} [{expression}], row")
+
+    def validated(self, rows: Iterable[tuple[int, dict]], where: str) -> list[dict]:
         examples = []
-        for line, row in rows:
+        for number, row in rows:
             try:
                 examples.append(self.validate(row))
             except (KeyError, ValueError, TypeError) as err:
-                raise UserError(f"{path}, line {line}: malformed {self.name} row ({err})") from None
+                raise UserError(f"{where} {number}: malformed {self.name} row ({type(err).__name__}: {err})") from None
         if not examples:
-            raise UserError(f"data file {path} holds no rows")
+            raise UserError(f"{where.rsplit(',', 1)[0]} holds no rows")
         return examples
 
     @abstractmethod
@@ -135,6 +182,14 @@ def read_csv(path: Path):
             if None in row or None in row.values():
                 raise UserError(f"{path}, line {reader.line_num}: wrong number of columns")
             yield reader.line_num, row
+
+
+def read_parquet(path: Path):
+    """Yield (row number, dict) per row of a Parquet file."""
+    import pyarrow.parquet as pq
+
+    for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        yield number, row
 
 
 def write_jsonl(path: Path, rows) -> None:
