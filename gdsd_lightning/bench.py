@@ -64,7 +64,9 @@ def naive_block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask
                        block_length: int, steps: int) -> torch.Tensor:
     """Greedy LLaDA sampling written as the published reference: the whole sequence's logits at
     every step, a float softmax over the full vocabulary at every position, and the commit by a
-    Python loop over rows. Same proposal rule as ours (the mask token is never proposed)."""
+    Python loop over rows. Same proposal rule as ours (the mask token is never proposed) and the
+    same tie rule (equal confidences: the earlier position first; a confident tiny model gives
+    many probabilities of exactly 1.0)."""
     prompt_len = prompt_ids.shape[1]
     x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
     steps_per_block = steps // (gen_length // block_length)
@@ -81,8 +83,8 @@ def naive_block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask
             x0_p[:, end:] = -torch.inf
             confidence = torch.where(mask_index, x0_p, torch.full_like(x0_p, -torch.inf))
             transfer = torch.zeros_like(mask_index)
-            for row in range(x.shape[0]):
-                _, chosen = torch.topk(confidence[row], k=int(schedule[row, step]))
+            for row in range(x.shape[0]):   # torch.topk leaves the order of equal values open: ties by position
+                chosen = torch.argsort(confidence[row], descending=True, stable=True)[: int(schedule[row, step])]
                 transfer[row, chosen] = True
             x = torch.where(transfer, x0, x)
     return x[:, prompt_len:]
@@ -155,6 +157,7 @@ def _memory_worker(kind: str, device: str, queue) -> None:
     ids, mask = random_prompts(c["rows"], c["prompt"], device)
     completion = torch.randint(5, 90, (c["rows"], c["gen"]), generator=generator_for(5)).to(device)
     masked = torch.rand(c["rows"], c["gen"], generator=generator_for(6)).to(device) < 0.5
+    reset_peak_rss()
     rss_before = current_rss_bytes()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -171,13 +174,25 @@ def _memory_worker(kind: str, device: str, queue) -> None:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+        peak = peak_rss_bytes() - rss_before
     queue.put({"peak_bytes": int(peak), "seconds": round(seconds, 3)})
 
 
 def current_rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS count at the current RSS. (getrusage's ru_maxrss cannot be
+    used: Linux carries it across exec, so a spawned worker starts with its parent's peak.)"""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def measure_memory(kind: str, device: str) -> dict:
