@@ -1,11 +1,15 @@
-"""Callbacks: rollout statistics and sample texts, the val-accuracy history, the run summary."""
+"""Callbacks: rollout statistics and sample texts, the val-accuracy history, the run summary,
+checkpoints after evaluation; and the atomic checkpoint writer."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gdsd_lightning.runs import write_json
@@ -70,15 +74,62 @@ class ReferenceSync(L.Callback):
 class CheckpointAfterEvaluation(ModelCheckpoint):
     """Periodic checkpoints (every `every_n_steps` optimiser steps, a multiple of the evaluation
     interval) written right after that step's evaluation, so that a checkpoint always holds its
-    step's val result: a run killed between the two loses nothing."""
+    step's val result: a run killed between the two loses nothing.
+
+    `last.ckpt` is a link that always points at a complete checkpoint: the link is swapped
+    atomically, and the checkpoint it replaces is deleted only afterwards (Lightning deletes it
+    first, which leaves a dangling link for a moment)."""
 
     def __init__(self, every_n_steps: int, **kwargs):
         super().__init__(save_on_train_epoch_end=False, **kwargs)
         self.every_n_steps = every_n_steps
+        self._superseded: list[str] | None = None
 
     def on_validation_end(self, trainer, module) -> None:
         if trainer.global_step % self.every_n_steps == 0:
-            super().on_validation_end(trainer, module)
+            self._superseded = []
+            try:
+                super().on_validation_end(trainer, module)
+            finally:
+                superseded, self._superseded = self._superseded, None
+            for path in superseded:
+                super()._remove_checkpoint(trainer, path)
+
+    def _remove_checkpoint(self, trainer, filepath: str) -> None:
+        if self._superseded is None:
+            super()._remove_checkpoint(trainer, filepath)
+        else:
+            self._superseded.append(filepath)
+
+    @staticmethod
+    def _link_checkpoint(trainer, filepath: str, linkpath: str) -> None:
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            tmp = f"{linkpath}.{os.getpid()}.tmp"
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
+            os.replace(tmp, linkpath)
+        trainer.strategy.barrier()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the target directory, flushed to disk, then
+    renamed over the target: a crash mid-write never leaves a half-written checkpoint behind.
+    (Lightning's own save goes through the system temp dir, which is not atomic when that is
+    another filesystem, as on most clusters.)"""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class ValHistory(L.Callback):
@@ -110,9 +161,11 @@ class ValHistory(L.Callback):
     def wall_time(self) -> float:
         return self.elapsed_before + time.time() - self._start
 
-    def write_summary(self, trainer) -> None:
+    def write_summary(self, trainer, stopped: str | None = None) -> None:
+        """`stopped`: why a guard ended the run before max_steps (the summary then says so)."""
         best = max(self.history, key=lambda p: p[1]) if self.history else None
         write_json(self.run_dir / "summary.json", {
+            **({"stopped": stopped} if stopped else {}),
             "experiment": self.experiment,
             "steps": trainer.global_step,
             "wall_time_s": round(self.wall_time(), 1),

@@ -24,7 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gdsd_lightning.config import list_experiments, load_experiment, load_run_config
-from gdsd_lightning.errors import UserError
+from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root
 
 METHOD_ORDER = ["gdsd", "gdsd_tlc", "diffu_grpo", "wd1", "spg", "espo", "dmpo", "dopsd"]
@@ -35,6 +35,8 @@ std over seeds; `reward_auc` = mean rollout reward over training; `best_step_mea
 of the best val accuracy (0: the base itself was best); `wall_time_s` = training time per run.
 d-OPSD's rollout reward is that of the kept attempt (best of `passk`), so its reward curve and
 `reward_auc` are not comparable with the others'; rollouts its gate skipped do not count as steps.
+`steps` = optimiser steps reached (mean over seeds); `stopped_early` = seeds a guard stopped before
+max_steps (listed below the table).
 """
 
 
@@ -51,6 +53,7 @@ class RunResult:
     best_step: int                         # optimiser step of the best val accuracy
     val_curve: list[tuple[int, float]]
     reward_curve: list[tuple[int, float]]
+    stopped: str | None = None             # why a guard ended the run before max_steps
 
 
 def experiments_for(task: str, methods: list[str] | None) -> dict[str, str]:
@@ -74,7 +77,8 @@ def defining(cfg: DictConfig) -> dict:
 
 
 def finished_run(cfg: DictConfig) -> Path | None:
-    """The newest run of `cfg.name` with the same defining config that reached max_steps."""
+    """The newest run of `cfg.name` with the same defining config that reached max_steps or was
+    stopped by a guard (rerunning it would stop the same way)."""
     experiment_dir = runs_root(cfg) / cfg.name
     wanted = defining(cfg)
     for config_file in sorted(experiment_dir.glob("*/config.yaml"), reverse=True):
@@ -82,7 +86,8 @@ def finished_run(cfg: DictConfig) -> Path | None:
         summary = run_dir / "summary.json"
         if not (summary.is_file() and (run_dir / FINAL_MODEL).is_dir()):
             continue
-        if json.loads(summary.read_text()).get("steps") != cfg.trainer.max_steps:
+        ended = json.loads(summary.read_text())
+        if ended.get("steps") != cfg.trainer.max_steps and not ended.get("stopped"):
             continue
         try:
             saved = load_run_config(config_file)
@@ -121,7 +126,11 @@ def run_one(method: str, experiment: str, seed: int, overrides: list[str]) -> Ru
     run_dir = finished_run(cfg)
     if run_dir is None:
         print(f"[compare] training {experiment} seed {seed}", flush=True)
-        run_dir = train_with_base(experiment, [*overrides, f"seed={seed}", f"run_name=seed{seed}"])
+        try:
+            run_dir = train_with_base(experiment, [*overrides, f"seed={seed}", f"run_name=seed{seed}"])
+        except TrainingStopped as stopped:
+            print(f"[compare] {experiment} seed {seed} stopped early: {stopped}", flush=True)
+            run_dir = finished_run(cfg)
     else:
         print(f"[compare] reusing {run_dir}", flush=True)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -131,7 +140,7 @@ def run_one(method: str, experiment: str, seed: int, overrides: list[str]) -> Ru
     best_acc = test_accuracy(cfg, best_ckpt, run_dir / "test" / "best") if best_ckpt.is_file() else final_acc
     return RunResult(method, seed, run_dir, summary["steps"], summary["wall_time_s"], final_acc, best_acc,
                      statistics.fmean(r for _, r in rewards) if rewards else float("nan"), summary["best_step"],
-                     [tuple(p) for p in summary["val_accuracy"]], rewards)
+                     [tuple(p) for p in summary["val_accuracy"]], rewards, summary.get("stopped"))
 
 
 def base_accuracy(experiment: str, overrides: list[str]) -> float | None:
@@ -161,7 +170,8 @@ def summarise(results: list[RunResult]) -> list[dict]:
             "best_accuracy_mean": round(best_mean, 4), "best_accuracy_std": round(best_std, 4),
             "reward_auc": round(statistics.fmean(r.reward_auc for r in runs), 4),
             "best_step_mean": round(statistics.fmean(r.best_step for r in runs), 1),
-            "steps": runs[0].steps,
+            "steps": round(statistics.fmean(r.steps for r in runs)),
+            "stopped_early": sum(r.stopped is not None for r in runs),
             "wall_time_s": round(statistics.fmean(r.wall_time_s for r in runs), 1),
         })
     return rows
@@ -231,6 +241,11 @@ def plot(results: list[RunResult], rows: list[dict], base: float | None, task: s
     plt.close(fig)
 
 
+def stopped_notes(results: list[RunResult]) -> str:
+    stopped = [f"- {r.method} seed {r.seed} stopped at step {r.steps}: {r.stopped}" for r in results if r.stopped]
+    return "\nRuns stopped early by a guard (their model at that point is evaluated):\n" + "\n".join(stopped) + "\n" if stopped else ""
+
+
 def markdown_table(rows: list[dict]) -> str:
     header = "| " + " | ".join(rows[0]) + " |"
     rule = "|" + "---|" * len(rows[0])
@@ -254,7 +269,8 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
         "method": r.method, "seed": r.seed, "run_dir": str(r.run_dir), "steps": r.steps,
         "wall_time_s": r.wall_time_s, "final_accuracy": r.final_accuracy, "best_accuracy": r.best_accuracy,
         "reward_auc": round(r.reward_auc, 4), "best_step": r.best_step,
-        "val_accuracy_start": r.val_curve[0][1] if r.val_curve else None} for r in results])
+        "val_accuracy_start": r.val_curve[0][1] if r.val_curve else None, "stopped": r.stopped or ""}
+        for r in results])
     write_csv(out_dir / "compare.csv", rows)
     plot(results, rows, base, task, out_dir)
     cfg = load_experiment(next(iter(experiments.values())), overrides)
@@ -265,7 +281,7 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     (out_dir / "compare.md").write_text(
         f"# {task}: method comparison\n\n{settings}.\n\nReproduce: `{command}` "
         f"(this one took {time.time() - started:.0f} s including reused runs).\n\n{markdown_table(rows)}\n\n"
-        f"{NOTES}\n![curves](curves.png)\n\n![test accuracy](test_accuracy.png)\n")
+        f"{NOTES}{stopped_notes(results)}\n![curves](curves.png)\n\n![test accuracy](test_accuracy.png)\n")
     print(f"[compare] wrote {out_dir}/compare.csv, compare.md, curves.png, test_accuracy.png", flush=True)
     print(markdown_table(rows), flush=True)
     return out_dir

@@ -13,7 +13,7 @@ import torch
 
 from gdsd_lightning.cli import train
 from gdsd_lightning.config import load_experiment
-from gdsd_lightning.errors import UserError
+from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.models import DiffusionLM
 from tests.conftest import rl_overrides, weights
 
@@ -47,8 +47,31 @@ def test_non_finite_steps_are_skipped_counted_and_bounded(tmp_path, varied_rewar
     monkeypatch.setattr(GDSD, "loss", lambda self, *a: (lambda l, m: (l * float("inf"), m))(*original(self, *a)))
     cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 4, run_name="bad", **{
         "method.num_iterations": 1, "trainer.max_bad_steps_in_a_row": 3}))
-    with pytest.raises(UserError, match=r"^3 non-finite loss.* at step 0"):
+    with pytest.raises(TrainingStopped, match=r"^3 non-finite loss.* at step 0"):
         train(cfg)
+    stopped_run = tmp_path / "runs" / "gdsd_tiny_sudoku" / "bad"
+    summary = json.loads((stopped_run / "summary.json").read_text())
+    assert summary["steps"] == 0 and summary["stopped"].startswith("3 non-finite loss")
+    assert (stopped_run / "final").is_dir()      # the model as it stood, for evaluation
+
+
+def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one(tmp_path, monkeypatch):
+    from gdsd_lightning import callbacks
+    from gdsd_lightning.callbacks import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
+
+    def dies_midway(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt       # stands in for the process being killed here
+
+    monkeypatch.setattr(callbacks.torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]      # no temporary file left behind
 
 
 @pytest.mark.parametrize("sig, checkpoint, exit_code", [(signal.SIGKILL, "last.ckpt", -signal.SIGKILL),
