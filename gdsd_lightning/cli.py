@@ -19,7 +19,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from gdsd_lightning.errors import UserError
+from gdsd_lightning.errors import TrainingStopped, UserError
 
 INTERRUPTED_CHECKPOINT = "interrupted"   # checkpoints/interrupted.ckpt, written on SIGTERM or an error
 
@@ -42,10 +42,12 @@ def train(cfg) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.strategies import ModelParallelStrategy
     from lightning.pytorch.utilities import rank_zero_only
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from gdsd_lightning.callbacks import CheckpointAfterEvaluation, ReferenceSync, RolloutStatistics, ValHistory
+    from gdsd_lightning.callbacks import (AtomicCheckpointIO, CheckpointAfterEvaluation, ReferenceSync,
+                                          RolloutStatistics, ValHistory)
     from gdsd_lightning.config import save_config
     from gdsd_lightning.data import PromptDataModule
     from gdsd_lightning.models.build import build_policy
@@ -82,17 +84,24 @@ def train(cfg) -> Path:
         if cfg.trainer.ref_sync_every_n_steps > 0:
             callbacks.append(ReferenceSync(cfg.trainer.ref_sync_every_n_steps))
     t = cfg.trainer
+    if t.strategy == "fsdp":   # FSDP2; sharded checkpoints are written by the strategy itself
+        ranks = int(t.devices) * t.num_nodes           # all of them data-parallel (fully sharded)
+        strategy, plugins = ModelParallelStrategy(data_parallel_size=ranks, tensor_parallel_size=1), []
+    else:
+        strategy, plugins = t.strategy, [AtomicCheckpointIO()]
     trainer = L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
+        strategy=strategy, precision=t.precision, log_every_n_steps=t.log_every_n_steps,
         val_check_interval=max(1, t.val_every_n_steps // steps_per_batch), check_val_every_n_epoch=None,
         num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False, callbacks=callbacks,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard", default_hp_metric=False),
         default_root_dir=str(run_dir), enable_model_summary=False, inference_mode=False,
+        plugins=plugins,
     )
     print(f"[gdsd] {cfg.name}: run directory {run_dir}", flush=True)
     if not resume:
         trainer.validate(module, datamodule=datamodule, verbose=False)   # the step-0 point of the curve
+    stopped = None
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     except SIGTERMException:
@@ -100,13 +109,17 @@ def train(cfg) -> Path:
         print(f"[gdsd] {cfg.name}: SIGTERM at optimiser step {trainer.global_step}; saved {ckpt}. "
               f"Continue with: make train EXP={cfg.name} ARGS=\"resume={ckpt}\"", file=sys.stderr, flush=True)
         sys.exit(128 + signal.SIGTERM)
+    except TrainingStopped as guard:
+        stopped = guard       # the model as it is and the curve so far are still results
     if not history.history or history.history[-1][0] != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
+    module.save_policy(run_dir / FINAL_MODEL)
     if trainer.is_global_zero:
-        module.policy.save(run_dir / FINAL_MODEL)
-        history.write_summary(trainer)
+        history.write_summary(trainer, stopped=str(stopped) if stopped else None)
         curve = ", ".join(f"{int(s)}: {a:.3f}" for s, a in history.history)
         print(f"[gdsd] {cfg.name}: val accuracy by step {{{curve}}}; model in {run_dir / FINAL_MODEL}", flush=True)
+    if stopped:
+        raise TrainingStopped(f"{stopped} (stopped run saved in {run_dir})")
     return run_dir
 
 

@@ -36,10 +36,17 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    family: str = "tiny-llada"
-    path: Optional[str] = None             # a saved model directory; None: build a fresh tiny model
+    family: str = "tiny-llada"             # tiny-llada | tiny-dream (built offline) | llada | dream (hub)
+    path: Optional[str] = None             # a saved model directory, or for llada/dream a hub id or local
+                                           # copy (default: the family's hub id); tiny: None builds fresh
     init_from: Optional[str] = None        # experiment whose latest final model is the base
-    hidden_size: int = 128
+    dtype: str = "float32"                 # weights as loaded: float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False   # recompute each decoder layer in the backward pass
+    lora_r: int = 0                        # LoRA rank; 0 trains the full weights
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: Optional[list[str]] = None   # default: the family's decoder-layer linears
+    hidden_size: int = 128                 # the tiny families' shape (ignored when loading weights)
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
@@ -82,7 +89,7 @@ class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
-    strategy: str = "auto"                 # a Lightning strategy name (auto, ddp, ...)
+    strategy: str = "auto"                 # auto, ddp, ... (Lightning's names) or fsdp: FSDP2 (ModelParallelStrategy)
     precision: str = "32-true"
     log_every_n_steps: int = 1
     val_every_n_steps: int = 50            # optimiser steps between periodic evaluations
@@ -239,6 +246,12 @@ def check_combinations(cfg: DictConfig) -> None:
                         f"of trainer.val_every_n_steps ({cfg.trainer.val_every_n_steps}): checkpoints follow evaluations")
     if cfg.model.path is not None and cfg.model.init_from is not None:
         problems.append("set at most one of model.path and model.init_from")
+    if cfg.trainer.strategy == "fsdp" and not str(cfg.trainer.devices).isdigit():
+        problems.append(f"trainer.devices must be a number of devices with trainer.strategy=fsdp, got {cfg.trainer.devices!r}")
+    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+        problems.append(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    if cfg.model.lora_r < 0:
+        problems.append(f"model.lora_r must be 0 (off) or positive, got {cfg.model.lora_r}")
     if problems:
         raise UserError("; ".join(problems))
 

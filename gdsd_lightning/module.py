@@ -12,7 +12,6 @@ when beta > 0) and supplies the loss.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -23,7 +22,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from gdsd_lightning.diffusion.estimators import valid_completion_mask
-from gdsd_lightning.errors import UserError
+from gdsd_lightning.errors import TrainingStopped, UserError
+from gdsd_lightning.models.lora import frozen_reference
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.generation import generate_and_score, prompt_texts, sample, score
 from gdsd_lightning.models.adapter import DiffusionLM
@@ -58,6 +58,42 @@ class DiffusionModule(L.LightningModule):
     def batches_done(self) -> int:
         """Training batches consumed so far: where a resumed prompt stream starts."""
         return self.global_step
+
+    def frozen_copies(self) -> list[DiffusionLM]:
+        """Networks besides the policy that live on the device (the RL module's frozen reference)."""
+        return []
+
+    def configure_model(self) -> None:
+        """FSDP2 (trainer.strategy=fsdp, Lightning's ModelParallelStrategy): every decoder layer,
+        then the whole network, is sharded over the data-parallel mesh; the same for a frozen
+        reference copy (with LoRA there is none: the reference is the policy, adapters off)."""
+        if self.cfg.trainer.strategy != "fsdp" or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for network in [self.policy, *self.frozen_copies()]:
+            layers = [name + "." for name, m in network.named_modules() if type(m).__name__ in network.decoder_layer_classes]
+            for name, module in network.named_modules():
+                inside_layer = any(name.startswith(prefix) for prefix in layers)
+                # decoder layers, and apart from them every module holding weights (embeddings, final
+                # norm, LM head): the lean passes call those directly, outside the root's forward
+                if name + "." in layers or (not inside_layer and next(module.parameters(recurse=False), None) is not None):
+                    fully_shard(module, mesh=mesh)
+            fully_shard(network, mesh=mesh)
+        self._sharded = True
+
+    def save_policy(self, directory) -> None:
+        """The policy as a save_pretrained directory, written by rank 0; sharded weights are
+        gathered into one full state dict first (every rank takes part)."""
+        state_dict = None
+        if self.cfg.trainer.strategy == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            state_dict = {k.removeprefix("model."): v for k, v in full.items()}
+        if self.trainer.is_global_zero:
+            self.policy.save(directory, state_dict)
 
     def model_signature(self) -> dict:
         """What a checkpoint's weights must match: family, vocabulary and parameter shapes."""
@@ -131,8 +167,8 @@ class DiffusionRLModule(DiffusionModule):
         self.objective = OBJECTIVES[cfg.method.name](cfg.method, cfg.sampler.gen_length)
         # Frozen roles live outside the registered module tree: not trained, not checkpointed.
         self.roles: dict[str, DiffusionLM] = {}
-        if self.objective.needs_reference:
-            self.roles["reference"] = copy.deepcopy(policy).requires_grad_(False).eval()
+        if self.objective.needs_reference:   # with LoRA: the policy with adapters off, no copy
+            self.roles["reference"] = frozen_reference(policy)
         self.last_rollout: RolloutLog | None = None
         self.rollouts_done = 0        # rollout batches drawn, including skipped ones (checkpointed)
         self.empty_rollouts = Streak(cfg.trainer.max_skipped_in_a_row)   # nothing left to train on
@@ -141,6 +177,9 @@ class DiffusionRLModule(DiffusionModule):
     @property
     def reference(self) -> DiffusionLM | None:
         return self.roles.get("reference")
+
+    def frozen_copies(self) -> list[DiffusionLM]:
+        return [role for role in self.roles.values() if isinstance(role, nn.Module)]
 
     @property
     def batches_done(self) -> int:
@@ -282,7 +321,7 @@ class DiffusionRLModule(DiffusionModule):
 
 @dataclass
 class Streak:
-    """Counts skipped events overall and in a row; `hit` raises a UserError (its message prefixed
+    """Counts skipped events overall and in a row; `hit` raises TrainingStopped (its message prefixed
     by the count) when the row reaches `limit`."""
 
     limit: int
@@ -293,7 +332,7 @@ class Streak:
         self.total += 1
         self.in_a_row += 1
         if self.in_a_row >= self.limit:
-            raise UserError(f"{self.in_a_row} {message()}")
+            raise TrainingStopped(f"{self.in_a_row} {message()}")
 
     def reset(self) -> None:
         self.in_a_row = 0

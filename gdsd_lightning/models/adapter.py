@@ -5,6 +5,7 @@
     model.mask_id, model.eos_id, model.pad_id   # from the tokenizer
     model.encode_prompts(texts) / model.decode(completion_ids)
     model.save(dir) / DiffusionLM.load(dir)     # Hugging Face save_pretrained directories
+    DiffusionLM.load_base(family, hub_id_or_dir)  # real families: the hub or a local copy
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from gdsd_lightning.errors import UserError
+from gdsd_lightning.hub import offline_unless_reachable, unreachable
 from gdsd_lightning.models.families import FAMILIES, FamilySpec, make_bidirectional
 
 FAMILY_FILE = "gdsd_family.json"
@@ -43,18 +45,27 @@ class DiffusionLM(nn.Module):
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
+    @property
+    def transformer(self) -> PreTrainedModel:
+        """The transformers model under a peft wrapper, if any (LoRA layers sit inside it)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
     def hidden_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   positions: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, k, H) that predict the tokens at `positions` (B, k); `head` turns
         them into logits. Dream's shift is applied here (position l-1 predicts token l)."""
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = self.transformer.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = getattr(out, "last_hidden_state", None)
+        if hidden is None:  # remote code whose backbone returns logits only (LLaDA): post-norm states
+            hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask,
+                                      output_hidden_states=True).hidden_states[-1]
         source = (positions - 1 if self.family.shift_logits else positions).clamp(min=0)
         return hidden.gather(1, source.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
     @property
     def head(self) -> nn.Module:
         """The LM head (hidden -> vocabulary logits)."""
-        return self.model.get_output_embeddings()
+        return self.transformer.get_output_embeddings()
 
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   positions: torch.Tensor) -> torch.Tensor:
@@ -68,8 +79,10 @@ class DiffusionLM(nn.Module):
 
     @property
     def decoder_layer_classes(self) -> set[str]:
-        """Class names to shard / checkpoint per layer (the model's `_no_split_modules`)."""
-        return set(getattr(self.model, "_no_split_modules", None) or [])
+        """Class names to shard / checkpoint per layer (the family's, else `_no_split_modules`)."""
+        if self.family.decoder_layer:
+            return {self.family.decoder_layer}
+        return set(getattr(self.transformer, "_no_split_modules", None) or [])
 
     # ---- text <-> ids -------------------------------------------------------------------
     def encode_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,18 +114,52 @@ class DiffusionLM(nn.Module):
         return texts
 
     # ---- persistence --------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        """A save_pretrained directory plus the family; with LoRA only the adapters are written and
+        `base` records where the base weights come from. `state_dict`: full weights gathered from
+        shards (FSDP), keys as in `self.model.state_dict()`."""
         directory = Path(directory)
-        self.model.save_pretrained(directory)
+        self.model.save_pretrained(directory, state_dict=state_dict)
         self.tokenizer.save_pretrained(directory)
-        (directory / FAMILY_FILE).write_text(json.dumps({"family": self.family.name}))
+        record = {"family": self.family.name, **({"base": self.base_source} if self.transformer is not self.model else {})}
+        (directory / FAMILY_FILE).write_text(json.dumps(record))
+
+    base_source: str | None = None   # where the weights were loaded from (saved with LoRA adapters)
 
     @classmethod
     def load(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "DiffusionLM":
         directory = Path(directory)
         if not (directory / FAMILY_FILE).is_file():
             raise UserError(f"{directory} is not a saved gdsd_lightning model (no {FAMILY_FILE})")
-        family = FAMILIES[json.loads((directory / FAMILY_FILE).read_text())["family"]]
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-        return cls(model, tokenizer, family)
+        record = json.loads((directory / FAMILY_FILE).read_text())
+        family = FAMILIES[record["family"]]
+        if "base" in record:                       # LoRA adapters on top of a base
+            from peft import PeftModel
+
+            policy = cls.load_base(family, record["base"], dtype)
+            policy.model = PeftModel.from_pretrained(policy.model, directory, is_trainable=True)
+            return policy
+        return cls.load_base(family, str(directory), dtype)
+
+    @classmethod
+    def load_base(cls, family: FamilySpec, source: str, dtype: torch.dtype) -> "DiffusionLM":
+        """Weights from a saved directory or (real families) a hub id; a remote-code family loads
+        with its own modeling code. Fails in seconds, in one sentence, when the hub is unreachable
+        and the weights are not cached."""
+        local = Path(source).is_dir()
+        if local and (Path(source) / FAMILY_FILE).is_file():
+            family = FAMILIES[json.loads((Path(source) / FAMILY_FILE).read_text())["family"]]
+        online = local or offline_unless_reachable()
+        loader = AutoModel if family.pretrained else AutoModelForCausalLM
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=family.pretrained)
+            model = loader.from_pretrained(source, dtype=dtype, trust_remote_code=family.pretrained)
+        except OSError as err:          # the hub's errors (missing repo, offline) are OSErrors
+            if not online:
+                raise unreachable(f"{family.name} model", source, "set model.path=<local directory>") from None
+            raise UserError(f"cannot load {family.name} model {source!r}: {str(err).splitlines()[0]}") from None
+        if tokenizer.mask_token_id is None and family.mask_token_id is not None:
+            tokenizer.mask_token = tokenizer.convert_ids_to_tokens(family.mask_token_id)
+        policy = cls(model, tokenizer, family)
+        policy.base_source = str(Path(source).resolve()) if local else source
+        return policy

@@ -1,15 +1,19 @@
-"""Build the policy an experiment starts from: a saved model, a base experiment's final model,
-or a freshly initialised tiny model."""
+"""Build the policy an experiment starts from: a saved model, a real family's weights (hub id or
+local copy), a base experiment's final model, or a freshly initialised tiny model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from omegaconf import DictConfig
 
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.models.adapter import DiffusionLM
+from gdsd_lightning.models.adapter import FAMILY_FILE, DiffusionLM
 from gdsd_lightning.models.families import FAMILIES, build_tiny_model
+from gdsd_lightning.models.lora import add_lora
 from gdsd_lightning.models.tokenizer import build_char_tokenizer
-from gdsd_lightning.runs import latest_final_model, require_file
+from gdsd_lightning.runs import latest_final_model
 
 
 class MissingBaseModel(UserError):
@@ -21,18 +25,30 @@ class MissingBaseModel(UserError):
 
 
 def build_policy(cfg: DictConfig) -> DiffusionLM:
+    """The starting policy, then gradient checkpointing and LoRA adapters as configured."""
     m = cfg.model
     if m.family not in FAMILIES:
         raise UserError(f"unknown model.family {m.family!r}; known families: {', '.join(sorted(FAMILIES))}")
-    if m.path:
-        return DiffusionLM.load(require_file(m.path, "model.path"))
-    if m.init_from:
+    family, dtype = FAMILIES[m.family], getattr(torch, m.dtype)
+    if m.path and (family.pretrained or Path(m.path).is_dir()):
+        policy = DiffusionLM.load(m.path, dtype) if (Path(m.path) / FAMILY_FILE).is_file() \
+            else DiffusionLM.load_base(family, m.path, dtype)
+    elif m.path:
+        raise UserError(f"model.path {m.path} does not exist")
+    elif family.pretrained:
+        policy = DiffusionLM.load_base(family, family.hub_id, dtype)
+    elif m.init_from:
         path = latest_final_model(cfg.runs_dir, m.init_from)
         if path is None:
             raise MissingBaseModel(m.init_from)
-        return DiffusionLM.load(path)
-    tokenizer = build_char_tokenizer()
-    family = FAMILIES[m.family]
-    model = build_tiny_model(family, len(tokenizer), m.hidden_size, m.num_layers, m.num_heads,
-                             m.intermediate_size, m.max_position_embeddings, tokenizer.pad_token_id, cfg.seed)
-    return DiffusionLM(model, tokenizer, family)
+        policy = DiffusionLM.load(path, dtype)
+    else:
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(family, len(tokenizer), m.hidden_size, m.num_layers, m.num_heads,
+                                 m.intermediate_size, m.max_position_embeddings, tokenizer.pad_token_id, cfg.seed)
+        policy = DiffusionLM(model.to(dtype), tokenizer, family)
+    if m.gradient_checkpointing:
+        policy.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if m.lora_r:
+        add_lora(policy, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
+    return policy

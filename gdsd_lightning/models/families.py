@@ -1,8 +1,10 @@
 """Model families: how each one is built or loaded, and where its denoiser logits sit.
 
-`tiny-llada` and `tiny-dream` are built offline from transformers' own Llama and Qwen2 classes
-with bidirectional attention; they stand in for LLaDA (logits in place) and Dream (logits shifted
-by one: position l-1 predicts token l).
+`llada` (GSAI-ML/LLaDA-8B-*) and `dream` (Dream-org/Dream-v0-*-7B) load from the hub or a local
+directory with their own modeling code (`trust_remote_code`). `tiny-llada` and `tiny-dream` are
+built offline from transformers' own Llama and Qwen2 classes with bidirectional attention; they
+stand in for LLaDA (logits in place) and Dream (logits shifted by one: position l-1 predicts
+token l). Known token ids and module names of each family live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -13,25 +15,41 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     name: str
     shift_logits: bool
-    config_class: type
-    model_class: type
-    lora_target_modules: tuple[str, ...]
+    lora_target_modules: tuple[str, ...]     # linear layers inside each decoder layer
+    config_class: type | None = None         # tiny stand-ins: built offline from these
+    model_class: type | None = None
+    hub_id: str | None = None                # real families: default weights (remote code)
+    mask_token_id: int | None = None         # used when the tokenizer does not name its mask token
+    decoder_layer: str | None = None         # class to shard and checkpoint; None: _no_split_modules
+
+    @property
+    def pretrained(self) -> bool:
+        return self.hub_id is not None
 
 
 FAMILIES: dict[str, FamilySpec] = {
-    "tiny-llada": FamilySpec(
-        "tiny-llada", False, LlamaConfig, LlamaForCausalLM,
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    ),
-    "tiny-dream": FamilySpec(
-        "tiny-dream", True, Qwen2Config, Qwen2ForCausalLM,
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    ),
+    "tiny-llada": FamilySpec("tiny-llada", False, LLAMA_LINEAR, LlamaConfig, LlamaForCausalLM),
+    "tiny-dream": FamilySpec("tiny-dream", True, LLAMA_LINEAR, Qwen2Config, Qwen2ForCausalLM),
+    # LLaDA's blocks (LLaDALlamaBlock, OLMo-style) do not use the Llama names: attention output
+    # is attn_out, the MLP is ff_proj (gate) / up_proj / ff_out (down). The model-level LM head is
+    # also called ff_out, which is why targets are matched inside numbered layers only.
+    "llada": FamilySpec("llada", False, ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"),
+                        hub_id="GSAI-ML/LLaDA-8B-Instruct", mask_token_id=126336, decoder_layer="LLaDALlamaBlock"),
+    "dream": FamilySpec("dream", True, LLAMA_LINEAR, hub_id="Dream-org/Dream-v0-Instruct-7B", mask_token_id=151666,
+                        decoder_layer="DreamDecoderLayer"),
 }
+
+
+def lora_target_pattern(names: tuple[str, ...]) -> str:
+    """peft `target_modules` regex: the named linear layers inside numbered decoder layers only."""
+    return rf".*\.\d+\.(?:.*\.)?(?:{'|'.join(names)})"
 
 
 def build_tiny_model(family: FamilySpec, vocab_size: int, hidden_size: int, num_layers: int,
