@@ -9,7 +9,10 @@
     loss pass  forward + backward time of every objective at equal batch on the tiny model, and
                peak memory of our completion log-probs against the straightforward full-vocabulary
                computation at V = 128k (`loss_peak_mem_ratio`).
-    fast mode  (KV cache, threshold decoding) is not built yet: its keys are reported as null.
+    fast mode  confidence-threshold parallel decoding (`sampler.fast_threshold`): speed against the
+               naive loop on the same cases, and greedy test accuracy against the exact schedule on
+               the trained tiny sudoku / countdown bases (skipped when a base is not trained).
+               The prefix/suffix KV cache is not built.
 
 Writes <out>/summary.json and <out>/bench.md. Peak memory on CPU is the growth of the process's
 resident-set high-water mark, measured in a fresh process per measurement; on CUDA it is
@@ -27,7 +30,7 @@ import torch
 
 from gdsd_lightning.diffusion.estimators import completion_logprobs
 from gdsd_lightning.diffusion.masking import generator_for
-from gdsd_lightning.diffusion.sampler import block_sample, split_evenly, start_sequence
+from gdsd_lightning.diffusion.sampler import block_sample, split_evenly, start_sequence, threshold_sample
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.models.families import FAMILIES, build_tiny_model
 from gdsd_lightning.models.tokenizer import build_char_tokenizer
@@ -41,6 +44,7 @@ SAMPLER_CASES = {
     "large_vocab": dict(hidden=64, layers=2, vocab=LARGE_VOCAB, batch=8, prompt=64, gen=128, block=32, steps=64),
 }
 QUICK = {"tiny_sudoku": dict(batch=32), "large_vocab": dict(batch=4, prompt=32, gen=64, steps=32)}
+FAST_THRESHOLD = 0.9                       # fast mode: commit every proposal above this confidence
 LOSS_BATCH = dict(rows=64, prompt=17, gen=16)
 MEMORY_CASE = dict(hidden=64, layers=2, vocab=LARGE_VOCAB, rows=8, prompt=64, gen=64)
 
@@ -109,10 +113,40 @@ def bench_sampler(case: dict, device: str, repeats: int) -> dict:
     args = (case["gen"], case["block"], case["steps"])
     ours_s, ours = timed(lambda: block_sample(model, ids, mask, *args, temperature=0.0).completions, repeats)
     naive_s, naive = timed(lambda: naive_block_sample(model, ids, mask, *args), repeats)
+    fast_s, _ = timed(lambda: threshold_sample(model, ids, mask, case["gen"], case["block"], FAST_THRESHOLD), repeats)
     tokens = case["batch"] * case["gen"]
     return {"setting": case, "ours_tokens_per_s": round(tokens / ours_s, 1),
             "naive_tokens_per_s": round(tokens / naive_s, 1), "speedup": round(naive_s / ours_s, 2),
-            "outputs_identical": bool(torch.equal(ours, naive))}
+            "outputs_identical": bool(torch.equal(ours, naive)),
+            "fast_tokens_per_s": round(tokens / fast_s, 1), "fast_speedup": round(naive_s / fast_s, 2)}
+
+
+def bench_fast_accuracy(task_name: str, base: str, device: str, limit: int | None) -> dict | None:
+    """Greedy test accuracy and time of a trained tiny base, exact schedule against fast mode."""
+    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.data import load_split
+    from gdsd_lightning.generation import generate_and_score
+    from gdsd_lightning.runs import latest_final_model
+    from gdsd_lightning.tasks import get_task
+
+    path = latest_final_model("runs", base)
+    if path is None:
+        print(f"[bench] no trained {base} (make train EXP={base}): fast-mode accuracy on {task_name} skipped", flush=True)
+        return None
+    cfg = load_experiment(base, [])
+    task = get_task(task_name)
+    examples = load_split(task, cfg.task, "test")[0][:limit]
+    policy = DiffusionLM.load(path).to(device).eval()
+    result = {}
+    for mode, threshold in (("exact", None), ("fast", FAST_THRESHOLD)):
+        cfg.sampler.fast_threshold = threshold
+        start = time.perf_counter()
+        records = generate_and_score(policy, task, examples, cfg)
+        result[mode] = {"accuracy": round(sum(r["accuracy"] for r in records) / len(records), 4),
+                        "seconds": round(time.perf_counter() - start, 3)}
+    result["accuracy_delta_points"] = round(100 * (result["fast"]["accuracy"] - result["exact"]["accuracy"]), 2)
+    result["speedup_over_exact"] = round(result["exact"]["seconds"] / result["fast"]["seconds"], 2)
+    return result
 
 
 def bench_losses(device: str, repeats: int) -> dict:
@@ -207,18 +241,24 @@ def measure_memory(kind: str, device: str) -> dict:
 
 def markdown(summary: dict) -> str:
     lines = ["# make bench", "", f"device: {summary['device']}; quick: {summary['quick']}", "",
-             "| sampler case | ours tokens/s | naive tokens/s | speed-up | greedy outputs identical |",
-             "|---|---|---|---|---|"]
+             "| sampler case | ours tokens/s | naive tokens/s | speed-up | greedy outputs identical "
+             f"| fast mode (threshold {FAST_THRESHOLD}) tokens/s | fast speed-up |", "|---|---|---|---|---|---|---|"]
     for name, r in summary["sampler"].items():
         lines.append(f"| {name} | {r['ours_tokens_per_s']} | {r['naive_tokens_per_s']} | {r['speedup']}x "
-                     f"| {r['outputs_identical']} |")
+                     f"| {r['outputs_identical']} | {r['fast_tokens_per_s']} | {r['fast_speedup']}x |")
+    lines += ["", "| tiny base (test split) | exact accuracy | fast accuracy | delta (points) | fast / exact speed-up |",
+              "|---|---|---|---|---|"]
+    for name, r in summary["fast_mode_accuracy"].items():
+        lines.append(f"| {name} | n/a (no trained base) | | | |" if r is None else
+                     f"| {name} | {r['exact']['accuracy']} | {r['fast']['accuracy']} | {r['accuracy_delta_points']} "
+                     f"| {r['speedup_over_exact']}x |")
     lines += ["", "| objective | loss step (ms) |", "|---|---|"]
     lines += [f"| {m} | {r['loss_step_ms']} |" for m, r in summary["loss_step"].items()]
     mem = summary["loss_memory"]
     lines += ["", f"Completion log-probs at V = {LARGE_VOCAB}: peak memory ours {mem['ours']['peak_bytes'] / 2**20:.0f} MiB, "
               f"full-vocabulary {mem['full_vocabulary']['peak_bytes'] / 2**20:.0f} MiB "
               f"(ratio {summary['loss_peak_mem_ratio']}).", "",
-              "Fast mode (KV cache, threshold decoding): not built yet."]
+              "Fast mode is threshold decoding only; the prefix/suffix KV cache is not built."]
     return "\n".join(lines) + "\n"
 
 
@@ -235,13 +275,19 @@ def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench") 
         sampler[name] = bench_sampler(case, device, repeats)
     print("[bench] loss step per objective", flush=True)
     losses = bench_losses(device, repeats)
+    print("[bench] fast mode accuracy on the tiny bases", flush=True)
+    fast = {task: bench_fast_accuracy(task, f"tiny_{task}_sft", device, 64 if quick else None)
+            for task in ("sudoku", "countdown")}
+    measured = [r for r in fast.values() if r is not None]
     print(f"[bench] loss-pass peak memory at V = {LARGE_VOCAB}", flush=True)
     memory = {"ours": measure_memory("ours", device), "full_vocabulary": measure_memory("full", device)}
     summary = {
         "device": device, "quick": quick,
         "sampler_speedup_exact": sampler["large_vocab"]["speedup"],
         "outputs_identical": all(r["outputs_identical"] for r in sampler.values()),
-        "fast_mode_speedup": None, "fast_mode_accuracy_delta": None,
+        "fast_mode_speedup": sampler["large_vocab"]["fast_speedup"],
+        "fast_mode_accuracy_delta": max((r["accuracy_delta_points"] for r in measured), key=abs, default=None),
+        "fast_mode_accuracy": fast,
         "loss_peak_mem_ratio": round(memory["ours"]["peak_bytes"] / max(1, memory["full_vocabulary"]["peak_bytes"]), 3),
         "sampler": sampler, "loss_step": losses, "loss_memory": memory,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from gdsd_lightning.diffusion.sampler import SampleOutput, block_sample, dream_sample
+from gdsd_lightning.diffusion.sampler import SampleOutput, block_sample, dream_sample, threshold_sample
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.tasks import Task
 
@@ -20,7 +20,11 @@ def prompt_texts(task: Task, examples: list[dict], style: str, tokenizer) -> lis
 
 def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: DictConfig,
            temperature: float, generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
-    """Run the configured sampler (`sampler.kind`) at `temperature`."""
+    """Run the configured sampler (`sampler.kind`) at `temperature`; `sampler.fast_threshold` set:
+    the fast mode (threshold parallel decoding) instead of the exact block schedule."""
+    if sampler.fast_threshold is not None and sampler.kind == "block":
+        return threshold_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length,
+                                sampler.fast_threshold, temperature, generator)
     if sampler.kind == "dream":
         return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
                             sampler.top_p, sampler.eps, generator, record_states)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from gdsd_lightning.diffusion.masking import generator_for
-from gdsd_lightning.diffusion.sampler import block_sample, dream_sample, split_evenly, top_k_mask
+from gdsd_lightning.diffusion.sampler import (block_sample, dream_sample, proposal_logits, split_evenly, start_sequence,
+                                             threshold_sample, top_k_mask)
 from gdsd_lightning.models.adapter import DiffusionLM
 
 PROMPTS = ["Sudoku: 1030\nSolution: ", "Countdown: 3,5,7 -> 22\n"]
@@ -128,3 +129,16 @@ def test_exact_sampler_matches_the_naive_published_loop_greedily(tiny_llada):
     ids, mask = tiny_llada.encode_prompts(PROMPTS)
     ours = block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature=0.0).completions
     assert torch.equal(ours, naive_block_sample(tiny_llada, ids, mask, 8, 4, 4))
+
+
+def test_fast_mode_commits_by_threshold_and_fills_every_block(tiny_llada):
+    ids, mask = tiny_llada.encode_prompts(["12+3=", "7*8="])
+    one_by_one = threshold_sample(tiny_llada, ids, mask, gen_length=8, block_length=4, threshold=1.0)
+    assert one_by_one.forwards == 8                        # nothing is above 1.0: one token per step
+    all_at_once = threshold_sample(tiny_llada, ids, mask, gen_length=8, block_length=4, threshold=1e-12)
+    assert all_at_once.forwards == 2                       # every proposal is committed: one forward per block
+    for out in (one_by_one, all_at_once):
+        assert not (out.completions == tiny_llada.mask_id).any()
+    x, attention = start_sequence(tiny_llada, ids, mask, 8)
+    first_block = proposal_logits(tiny_llada, x, attention)[:, ids.shape[1]:ids.shape[1] + 4].argmax(-1)
+    assert torch.equal(all_at_once.completions[:, :4], first_block)
