@@ -168,6 +168,7 @@ class ValHistory(L.Callback):
             **({"stopped": stopped} if stopped else {}),
             "experiment": self.experiment,
             "steps": trainer.global_step,
+            "rollouts": getattr(trainer.lightning_module, "rollouts_done", trainer.global_step),
             "wall_time_s": round(self.wall_time(), 1),
             "val_accuracy": self.history,
             "final_val_accuracy": self.history[-1][1] if self.history else None,

@@ -34,7 +34,8 @@ NOTES = """Columns: test accuracy (greedy) of the final model and of the best-by
 std over seeds; `reward_auc` = mean rollout reward over training; `best_step_mean` = optimiser step
 of the best val accuracy (0: the base itself was best); `wall_time_s` = training time per run.
 d-OPSD's rollout reward is that of the kept attempt (best of `passk`), so its reward curve and
-`reward_auc` are not comparable with the others'; rollouts its gate skipped do not count as steps.
+`reward_auc` are not comparable with the others'; it gets the same 300 rollout batches, but those
+its gate skips give no optimiser step, so it ends with fewer `steps`.
 `steps` = optimiser steps reached (mean over seeds); `stopped_early` = seeds a guard stopped before
 max_steps (listed below the table).
 """
@@ -77,8 +78,8 @@ def defining(cfg: DictConfig) -> dict:
 
 
 def finished_run(cfg: DictConfig) -> Path | None:
-    """The newest run of `cfg.name` with the same defining config that reached max_steps or was
-    stopped by a guard (rerunning it would stop the same way)."""
+    """The newest run of `cfg.name` with the same defining config that reached max_steps, spent
+    its rollout budget, or was stopped by a guard (rerunning it would stop the same way)."""
     experiment_dir = runs_root(cfg) / cfg.name
     wanted = defining(cfg)
     for config_file in sorted(experiment_dir.glob("*/config.yaml"), reverse=True):
@@ -87,7 +88,8 @@ def finished_run(cfg: DictConfig) -> Path | None:
         if not (summary.is_file() and (run_dir / FINAL_MODEL).is_dir()):
             continue
         ended = json.loads(summary.read_text())
-        if ended.get("steps") != cfg.trainer.max_steps and not ended.get("stopped"):
+        budget_spent = cfg.trainer.max_rollouts is not None and ended.get("rollouts", 0) >= cfg.trainer.max_rollouts
+        if ended.get("steps") != cfg.trainer.max_steps and not ended.get("stopped") and not budget_spent:
             continue
         try:
             saved = load_run_config(config_file)

@@ -63,6 +63,8 @@ class SamplerConfig:
     remasking: str = "low_confidence"      # low_confidence | random
     top_p: float = 0.95                    # dream sampler only
     eps: float = 1e-3                      # dream sampler only
+    fast_threshold: Optional[float] = None # fast mode (block sampler): commit every proposal above this
+                                           # confidence per step; None: the exact schedule (default)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 100                   # optimiser steps
+    max_rollouts: Optional[int] = None     # also stop after this many rollout batches (skipped ones count)
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -248,6 +251,10 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append("set at most one of model.path and model.init_from")
     if cfg.trainer.strategy == "fsdp" and not str(cfg.trainer.devices).isdigit():
         problems.append(f"trainer.devices must be a number of devices with trainer.strategy=fsdp, got {cfg.trainer.devices!r}")
+    if s.fast_threshold is not None and not (0.0 < s.fast_threshold <= 1.0):
+        problems.append(f"sampler.fast_threshold must be in (0, 1], got {s.fast_threshold}")
+    if s.fast_threshold is not None and cfg.method.get("name") == "dopsd":
+        problems.append("sampler.fast_threshold cannot be used with dopsd (its states follow the exact schedule)")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         problems.append(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.model.lora_r < 0:

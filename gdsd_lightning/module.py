@@ -22,11 +22,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from gdsd_lightning.diffusion.estimators import valid_completion_mask
-from gdsd_lightning.errors import TrainingStopped, UserError
-from gdsd_lightning.models.lora import frozen_reference
 from gdsd_lightning.diffusion.masking import generator_for
+from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.generation import generate_and_score, prompt_texts, sample, score
 from gdsd_lightning.models.adapter import DiffusionLM
+from gdsd_lightning.models.lora import frozen_reference
 from gdsd_lightning.objectives import OBJECTIVES
 from gdsd_lightning.objectives.base import RolloutBatch, group_advantages, zero_loss
 from gdsd_lightning.objectives.sft import masked_diffusion_loss
@@ -261,6 +261,9 @@ class DiffusionRLModule(DiffusionModule):
     def training_step(self, examples: list[dict], batch_idx: int) -> None:
         batch = self.rollout(examples)
         self.rollouts_done += 1
+        budget = self.cfg.trainer.max_rollouts
+        if budget is not None and self.rollouts_done >= budget:
+            self.trainer.should_stop = True    # the rollout budget is spent (this one still trains)
         drawn = batch.rows
         batch = self.objective.prepare(self.policy, self.reference, batch)
         self.log_dict({f"train/{k}": v for k, v in self.global_means(batch.stats, drawn).items()}, batch_size=1)

@@ -25,6 +25,13 @@ def test_rl_training_changes_the_weights_and_writes_the_run(tmp_path, varied_rew
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_the_rollout_budget_ends_a_run_before_max_steps(tmp_path, varied_reward):
+    cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 8, run_name="budget", **{"trainer.max_rollouts": 2}))
+    summary = json.loads((train(cfg) / "summary.json").read_text())
+    assert (summary["rollouts"], summary["steps"]) == (2, 4)           # mu = 2 optimiser steps per rollout
+    assert summary["val_accuracy"][-1][0] == 4 and "stopped" not in summary
+
+
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, varied_reward):
     straight = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 4, run_name="straight")))
     first = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 2, run_name="interrupted")))

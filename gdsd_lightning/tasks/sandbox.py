@@ -103,7 +103,7 @@ def execute(source: str, limits: Limits, mode: "Isolation") -> Execution:
             except BrokenPipeError:
                 pass
             try:
-                returncode = process.wait(timeout=limits.timeout_s)
+                process.wait(timeout=limits.timeout_s)
                 timed_out = False
             except subprocess.TimeoutExpired:
                 timed_out = True
