@@ -122,6 +122,8 @@ def reward_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def run_one(method: str, experiment: str, seed: int, overrides: list[str]) -> RunResult:
+    """Train or reuse one run and test it. "Best" is the best-by-val model: the base itself when
+    no evaluation during training beat step 0, else checkpoints/best.ckpt."""
     from gdsd_lightning.cli import train_with_base
 
     cfg = load_experiment(experiment, [*overrides, f"seed={seed}"])
@@ -139,7 +141,11 @@ def run_one(method: str, experiment: str, seed: int, overrides: list[str]) -> Ru
     rewards = reward_curve(run_dir)
     best_ckpt = run_dir / "checkpoints" / "best.ckpt"
     final_acc = test_accuracy(cfg, run_dir / FINAL_MODEL, run_dir / "test" / "final")
-    best_acc = test_accuracy(cfg, best_ckpt, run_dir / "test" / "best") if best_ckpt.is_file() else final_acc
+    base = base_accuracy(experiment, overrides) if summary["best_step"] == 0 else None
+    if base is not None:
+        best_acc = base
+    else:
+        best_acc = test_accuracy(cfg, best_ckpt, run_dir / "test" / "best") if best_ckpt.is_file() else final_acc
     return RunResult(method, seed, run_dir, summary["steps"], summary["wall_time_s"], final_acc, best_acc,
                      statistics.fmean(r for _, r in rewards) if rewards else float("nan"), summary["best_step"],
                      [tuple(p) for p in summary["val_accuracy"]], rewards, summary.get("stopped"))

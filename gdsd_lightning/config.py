@@ -63,8 +63,8 @@ class SamplerConfig:
     remasking: str = "low_confidence"      # low_confidence | random
     top_p: float = 0.95                    # dream sampler only
     eps: float = 1e-3                      # dream sampler only
-    fast_threshold: Optional[float] = None # fast mode (block sampler): commit every proposal above this
-                                           # confidence per step; None: the exact schedule (default)
+    fast_threshold: Optional[float] = None # fast mode (block sampler): also commit every proposal above this
+                                           # confidence each step; None: the exact schedule only (default)
 
 
 @dataclass

@@ -20,11 +20,11 @@ def prompt_texts(task: Task, examples: list[dict], style: str, tokenizer) -> lis
 
 def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: DictConfig,
            temperature: float, generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
-    """Run the configured sampler (`sampler.kind`) at `temperature`; `sampler.fast_threshold` set:
-    the fast mode (threshold parallel decoding) instead of the exact block schedule."""
+    """Run the configured sampler (`sampler.kind`) at `temperature`; with `sampler.fast_threshold`
+    set, the block sampler's fast mode (the exact schedule plus confident parallel commits)."""
     if sampler.fast_threshold is not None and sampler.kind == "block":
         return threshold_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length,
-                                sampler.fast_threshold, temperature, generator)
+                                sampler.gen_length // sampler.steps, sampler.fast_threshold, temperature, generator)
     if sampler.kind == "dream":
         return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
                             sampler.top_p, sampler.eps, generator, record_states)

@@ -131,14 +131,15 @@ def test_exact_sampler_matches_the_naive_published_loop_greedily(tiny_llada):
     assert torch.equal(ours, naive_block_sample(tiny_llada, ids, mask, 8, 4, 4))
 
 
-def test_fast_mode_commits_by_threshold_and_fills_every_block(tiny_llada):
+def test_fast_mode_adds_confident_commits_to_the_exact_schedule(tiny_llada):
     ids, mask = tiny_llada.encode_prompts(["12+3=", "7*8="])
-    one_by_one = threshold_sample(tiny_llada, ids, mask, gen_length=8, block_length=4, threshold=1.0)
-    assert one_by_one.forwards == 8                        # nothing is above 1.0: one token per step
-    all_at_once = threshold_sample(tiny_llada, ids, mask, gen_length=8, block_length=4, threshold=1e-12)
+    exact = block_sample(tiny_llada, ids, mask, gen_length=8, block_length=4, steps=4)
+    scheduled_only = threshold_sample(tiny_llada, ids, mask, 8, 4, tokens_per_step=2, threshold=1.0)
+    assert scheduled_only.forwards == 4                    # nothing is above 1.0: the exact schedule
+    assert torch.equal(scheduled_only.completions, exact.completions)
+    all_at_once = threshold_sample(tiny_llada, ids, mask, 8, 4, tokens_per_step=2, threshold=1e-12)
     assert all_at_once.forwards == 2                       # every proposal is committed: one forward per block
-    for out in (one_by_one, all_at_once):
-        assert not (out.completions == tiny_llada.mask_id).any()
+    assert not (all_at_once.completions == tiny_llada.mask_id).any()
     x, attention = start_sequence(tiny_llada, ids, mask, 8)
     first_block = proposal_logits(tiny_llada, x, attention)[:, ids.shape[1]:ids.shape[1] + 4].argmax(-1)
     assert torch.equal(all_at_once.completions[:, :4], first_block)

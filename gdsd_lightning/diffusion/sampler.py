@@ -119,14 +119,14 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
 
 @torch.no_grad()
 def threshold_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
-                     block_length: int, threshold: float, temperature: float = 0.0,
+                     block_length: int, tokens_per_step: int, threshold: float, temperature: float = 0.0,
                      generator: torch.Generator | None = None) -> SampleOutput:
-    """Fast mode: confidence-threshold parallel decoding of the same blocks.
+    """Fast mode: the exact sampler's blocks and per-step count, plus parallel commits by confidence.
 
-    Per step every still-masked position of the current block whose proposal has softmax
-    probability above `threshold` is committed (at least the most confident one per unfinished
-    row), so a block takes as many forwards as it needs instead of a fixed schedule; with
-    threshold 1 it commits one token per step. Not exact: outputs can differ from block_sample.
+    Per step the `tokens_per_step` most confident still-masked positions of the current block are
+    committed, as in block_sample, and with them every other masked position whose proposal has
+    softmax probability above `threshold`; a block ends when it holds no mask, so it takes at most
+    the exact schedule's forwards (with threshold 1, exactly those). Not exact otherwise.
     """
     if gen_length % block_length:
         raise ValueError("block_length must divide gen_length")
@@ -143,8 +143,8 @@ def threshold_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: 
             proposal = gumbel_argmax(logits, temperature, generator)
             confidence = logits.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
             confidence = torch.where(masked, confidence, torch.full_like(confidence, -torch.inf))
-            commit = (confidence > threshold) | top_k_mask(confidence, masked.any(1).long())
-            commit &= masked
+            scheduled = top_k_mask(confidence, torch.full((x.shape[0],), tokens_per_step, device=device))
+            commit = (scheduled | (confidence > threshold)) & masked
             entropy_sum.index_add_(0, commit.nonzero()[:, 0], entropy(logits[commit]))
             x[:, start:end] = torch.where(commit, proposal, x[:, start:end])
     return SampleOutput(completions=x[:, prompt_len:], entropy=entropy_sum / gen_length, forwards=forwards)
