@@ -39,6 +39,12 @@ def test_reverse_kl_with_the_elementwise_clamp_matches_a_hand_value():
     terms.sum().backward()
     # d/dlog p of p (log p - log q) = p (log p - log q) + p; the clamped element gives nothing
     assert torch.allclose(student.grad, torch.tensor([[.5 * ln(.5 / .8) + .5, 0.0]]), atol=1e-6)
+    # the elementwise clamp's flaw, by hand: the gradient lowers log p of the token the student
+    # already under-weights (0.5 against the teacher's 0.8): a step moves away from the teacher
+    assert student.grad[0, 0] > 0
+    per_position = topk_divergence(student.detach(), teacher, beta=1.0, clamp=1.0, scope="position")
+    assert per_position.shape == (1,) and per_position.item() == pytest.approx(.5 * ln(.5 / .8) + .5 * ln(.5 / .2))
+    assert topk_divergence(student.detach(), teacher, beta=1.0, clamp=0.05, scope="position").item() == pytest.approx(0.05)
     forward = topk_divergence(student.detach(), teacher, beta=0.0, clamp=10.0)
     assert forward.sum().item() == pytest.approx(.8 * ln(.8 / .5) + .2 * ln(.2 / .5))
     jsd = topk_divergence(student.detach(), teacher, beta=0.5, clamp=10.0)

@@ -16,6 +16,10 @@ rewarded) with every intermediate state x_s of the block sampler. For the state 
                        otherwise  generalised JSD  beta q (log q - log m) + (1 - beta) p (log p - log m),
                                   m = beta q + (1 - beta) p
                    each element clamped from above at `clamp` (a clamped element has no gradient)
+                   (`clamp_scope=position`: each position's sum over the vocabulary is clamped
+                   instead. The elementwise clamp can reward moving away from the teacher: with a
+                   token over-weighted beyond the clamp, the loss still falls by lowering the
+                   student's probability of tokens it under-weights, whose terms are negative.)
     loss           sum of the clamped elements / number of states
 
 Gate: rows whose kept rollout is wrong (not verified correct; or, when `gate_min_reward` is set,
@@ -34,6 +38,7 @@ from typing import Optional
 import torch
 
 from gdsd_lightning.diffusion.masking import generator_for
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.diffusion.sampler import proposal_logits
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch, zero_loss
@@ -46,7 +51,8 @@ class DOPSDConfig(ObjectiveConfig):
     beta: float = 1.0                  # 1 reverse KL, 0 forward KL, between: generalised JSD
     rho: float = 0.25                  # fraction of the future positions the teacher sees
     top_k_vocab: int = 20              # teacher's top tokens the divergence is restricted to
-    clamp: float = 0.05                # elementwise clamp (0.04 for MATH)
+    clamp: float = 0.05                # clamp from above (0.04 for MATH)
+    clamp_scope: str = "element"       # element (recipe) | position: clamp each position's summed divergence
     fixed_teacher: bool = True         # teacher = frozen initial model (else rollout-time policy)
     gate_min_reward: Optional[float] = None  # None: train on verified-correct rollouts only
 
@@ -64,8 +70,11 @@ def teacher_view(states: torch.Tensor, final: torch.Tensor, blocks: torch.Tensor
     return torch.where(reveal, final, states)
 
 
-def topk_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float, clamp: float) -> torch.Tensor:
-    """Elementwise divergence (same shape as the inputs, renormalised log-probs), clamped at `clamp`."""
+def topk_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float, clamp: float,
+                    scope: str = "element") -> torch.Tensor:
+    """Divergence terms of renormalised log-probs (..., V'), clamped from above at `clamp`: per
+    vocabulary element (`element`, same shape as the inputs: the recipe) or per position after
+    summing over the vocabulary (`position`, shape (...))."""
     p, q = student_logp.exp(), teacher_logp.exp()
     if beta == 1.0:
         terms = p * (student_logp - teacher_logp)
@@ -75,6 +84,8 @@ def topk_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta
         log_m = torch.logsumexp(torch.stack([teacher_logp + torch.log(torch.tensor(beta)),
                                              student_logp + torch.log(torch.tensor(1 - beta))]), dim=0)
         terms = beta * q * (teacher_logp - log_m) + (1 - beta) * p * (student_logp - log_m)
+    if scope == "position":
+        terms = terms.sum(-1)
     return terms.clamp(max=clamp)
 
 
@@ -90,6 +101,11 @@ class DOPSD(Objective):
     record_states = True
     uses_groups = False
     needs_old = False
+
+    def __init__(self, cfg, gen_length: int):
+        super().__init__(cfg, gen_length)
+        if cfg.clamp_scope not in ("element", "position"):
+            raise UserError(f"method.clamp_scope must be 'element' or 'position', got {cfg.clamp_scope!r}")
 
     @property
     def needs_reference(self) -> bool:
@@ -152,7 +168,7 @@ class DOPSD(Objective):
         inputs, attention = with_prompt(batch.prompt_ids[row_of_state], batch.prompt_mask[row_of_state], pick("states"))
         logits = proposal_logits(policy, inputs, attention, pick("positions"))  # (S', k, V)
         student_logp = logits.gather(-1, pick("teacher_ids")).log_softmax(-1)
-        terms = topk_divergence(student_logp, pick("teacher_logp"), self.cfg.beta, self.cfg.clamp)
+        terms = topk_divergence(student_logp, pick("teacher_logp"), self.cfg.beta, self.cfg.clamp, self.cfg.clamp_scope)
         loss = terms.sum() / usable.sum()
         return loss, {"divergence": loss.detach(), "clamped_fraction": (terms >= self.cfg.clamp).float().mean(),
                       "states_used": usable.sum().float()}
