@@ -38,6 +38,7 @@ class DiffusionLM(nn.Module):
         self.mask_id = tokenizer.mask_token_id
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.base_source: str | None = None   # where the weights came from (saved beside LoRA adapters)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -123,8 +124,6 @@ class DiffusionLM(nn.Module):
         self.tokenizer.save_pretrained(directory)
         record = {"family": self.family.name, **({"base": self.base_source} if self.transformer is not self.model else {})}
         (directory / FAMILY_FILE).write_text(json.dumps(record))
-
-    base_source: str | None = None   # where the weights were loaded from (saved with LoRA adapters)
 
     @classmethod
     def load(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "DiffusionLM":

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import FAMILY_FILE, DiffusionLM
 from gdsd_lightning.models.families import FAMILIES, build_tiny_model
-from gdsd_lightning.models.lora import add_lora
+from gdsd_lightning.models.lora import add_lora, has_lora
 from gdsd_lightning.models.tokenizer import build_char_tokenizer
 from gdsd_lightning.runs import latest_final_model
 
@@ -49,6 +49,8 @@ def build_policy(cfg: DictConfig) -> DiffusionLM:
         policy = DiffusionLM(model.to(dtype), tokenizer, family)
     if m.gradient_checkpointing:
         policy.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if m.lora_r:
+    if m.lora_r and policy.base_source is None:
+        raise UserError("model.lora_r needs base weights to adapt (model.path or model.init_from), not a fresh model")
+    if m.lora_r and not has_lora(policy):     # a saved LoRA model keeps training its own adapters
         add_lora(policy, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
     return policy
