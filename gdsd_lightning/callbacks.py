@@ -30,7 +30,8 @@ def samples_markdown(rows: list[tuple[str, str, float]]) -> str:
 
 
 class RolloutStatistics(L.Callback):
-    """Per rollout: reward mean/std, fraction of zero-std groups, completion length, entropy;
+    """Per rollout: reward mean/std, fraction of zero-std groups, completion length, entropy, peak
+    GPU memory on CUDA;
     every `text_every_n_steps` optimiser steps a few sample completions as TensorBoard text."""
 
     def __init__(self, text_every_n_steps: int = 50, num_texts: int = 4):
@@ -49,6 +50,9 @@ class RolloutStatistics(L.Callback):
             "rollout/completion_length": rollout.lengths.mean(),
             "rollout/entropy": rollout.entropy.mean(),
         }
+        if module.device.type == "cuda":   # per rank; the logged value is the mean over ranks
+            stats["system/peak_memory_gib"] = torch.tensor(torch.cuda.max_memory_allocated(module.device) / 2**30,
+                                                           device=module.device)
         module.log_dict(stats, batch_size=rollout.rewards.numel(), prog_bar=False, sync_dist=True)
         module.log("reward", stats["rollout/reward_mean"], prog_bar=True, logger=False, batch_size=1)
         step = trainer.global_step
