@@ -30,7 +30,7 @@ import torch
 
 from gdsd_lightning.diffusion.estimators import completion_logprobs
 from gdsd_lightning.diffusion.masking import generator_for
-from gdsd_lightning.diffusion.sampler import block_sample, split_evenly, start_sequence, threshold_sample
+from gdsd_lightning.diffusion.sampler import block_sample, split_evenly, start_sequence
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.models.families import FAMILIES, build_tiny_model
 from gdsd_lightning.models.tokenizer import build_char_tokenizer
@@ -113,8 +113,7 @@ def bench_sampler(case: dict, device: str, repeats: int) -> dict:
     args = (case["gen"], case["block"], case["steps"])
     ours_s, ours = timed(lambda: block_sample(model, ids, mask, *args, temperature=0.0).completions, repeats)
     naive_s, naive = timed(lambda: naive_block_sample(model, ids, mask, *args), repeats)
-    fast_s, _ = timed(lambda: threshold_sample(model, ids, mask, case["gen"], case["block"], case["gen"] // case["steps"],
-                                               FAST_THRESHOLD), repeats)
+    fast_s, _ = timed(lambda: block_sample(model, ids, mask, *args, temperature=0.0, threshold=FAST_THRESHOLD), repeats)
     tokens = case["batch"] * case["gen"]
     return {"setting": case, "ours_tokens_per_s": round(tokens / ours_s, 1),
             "naive_tokens_per_s": round(tokens / naive_s, 1), "speedup": round(naive_s / ours_s, 2),

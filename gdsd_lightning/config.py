@@ -253,8 +253,11 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"trainer.devices must be a number of devices with trainer.strategy=fsdp, got {cfg.trainer.devices!r}")
     if s.fast_threshold is not None and not (0.0 < s.fast_threshold <= 1.0):
         problems.append(f"sampler.fast_threshold must be in (0, 1], got {s.fast_threshold}")
-    if s.fast_threshold is not None and cfg.method.get("name") == "dopsd":
-        problems.append("sampler.fast_threshold cannot be used with dopsd (its states follow the exact schedule)")
+    if s.fast_threshold is not None and getattr(OBJECTIVES[cfg.method.name], "record_states", False):
+        problems.append(f"sampler.fast_threshold cannot be used with {cfg.method.name} (it trains on the states of "
+                        "the exact schedule)")
+    if s.fast_threshold is not None and s.remasking != "low_confidence":
+        problems.append("sampler.fast_threshold ranks by confidence: it needs sampler.remasking=low_confidence")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         problems.append(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.model.lora_r < 0:

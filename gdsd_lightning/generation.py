@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from gdsd_lightning.diffusion.sampler import SampleOutput, block_sample, dream_sample, threshold_sample
+from gdsd_lightning.diffusion.sampler import SampleOutput, block_sample, dream_sample
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.tasks import Task
 
@@ -22,20 +22,16 @@ def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
            temperature: float, generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
     """Run the configured sampler (`sampler.kind`) at `temperature`; with `sampler.fast_threshold`
     set, the block sampler's fast mode (the exact schedule plus confident parallel commits)."""
-    if sampler.fast_threshold is not None and sampler.kind == "block":
-        return threshold_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length,
-                                sampler.gen_length // sampler.steps, sampler.fast_threshold, temperature, generator)
     if sampler.kind == "dream":
         return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
                             sampler.top_p, sampler.eps, generator, record_states)
     return block_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length, sampler.steps,
-                        temperature, sampler.remasking, generator, record_states)
+                        temperature, sampler.remasking, generator, record_states, sampler.fast_threshold)
 
 
 def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict]:
-    """Per-completion records: reward, accuracy and the task's extra metrics."""
-    return [{"completion": c, "reward": task.reward(c, ex), "accuracy": task.accuracy(c, ex),
-             **task.extra_metrics(c, ex)} for c, ex in zip(completions, examples)]
+    """Per-completion records: reward, accuracy, correctness and the task's extra metrics."""
+    return [{"completion": c, **task.score(c, ex)} for c, ex in zip(completions, examples)]
 
 
 @torch.no_grad()

@@ -246,12 +246,11 @@ class DiffusionRLModule(DiffusionModule):
         out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.cfg.sampler, self.cfg.rollout.temperature,
                      generator, record_states=self.objective.record_states)
         texts = self.policy.decode(out.completions)
-        chosen = [examples[i] for i in rows.tolist()]
+        records = score(self.task, texts, [examples[i] for i in rows.tolist()])
         attempt = {
             "completions": out.completions, "texts": texts, "entropy": out.entropy,
-            "rewards": torch.tensor([r["reward"] for r in score(self.task, texts, chosen)], device=self.device),
-            "correct": torch.tensor([self.task.is_correct(t, ex) for t, ex in zip(texts, chosen)],
-                                    dtype=torch.bool, device=self.device),
+            "rewards": torch.tensor([r["reward"] for r in records], device=self.device),
+            "correct": torch.tensor([r["correct"] for r in records], dtype=torch.bool, device=self.device),
         }
         if self.objective.record_states:
             attempt["states"] = torch.stack(out.states, dim=1)

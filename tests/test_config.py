@@ -43,6 +43,7 @@ def test_wrong_type_names_the_key():
     ("method.num_iterations=0", "at least 1"),
     ("trainer.val_every_n_steps=6 method.num_iterations=4", "multiple of method.num_iterations"),
     ("rollout.num_generations=1", "at least 2"),
+    ("sampler.fast_threshold=0.9 sampler.remasking=random", "needs sampler.remasking=low_confidence"),
 ])
 def test_impossible_combinations_are_refused(override, phrase):
     with pytest.raises(UserError, match=phrase):
@@ -52,3 +53,8 @@ def test_impossible_combinations_are_refused(override, phrase):
 def test_unknown_experiment_lists_known_ones():
     with pytest.raises(UserError, match=r"unknown experiment 'nope'.*tiny_sudoku_sft"):
         load_experiment("nope")
+
+
+def test_fast_mode_is_refused_for_objectives_that_train_on_the_exact_states():
+    with pytest.raises(UserError, match="fast_threshold cannot be used with dopsd"):
+        load_experiment("dopsd_tiny_sudoku", ["sampler.fast_threshold=0.9"])

@@ -112,3 +112,15 @@ def test_hub_split_unreachable_fails_fast_with_a_sentence(monkeypatch):
     with pytest.raises(UserError, match="hub is unreachable.*set task.test_path"):
         get_task("gsm8k").load_hub("test")
     assert time.monotonic() - start < 10
+
+
+def test_a_code_completion_is_scored_with_one_run_per_test(monkeypatch):
+    from gdsd_lightning.tasks import code
+
+    runs = []
+    real = code.run_python
+    monkeypatch.setattr(code, "run_python", lambda source, limits: runs.append(source) or real(source, limits))
+    task = get_task("mbpp")
+    row = task.validate(MBPP_ROW)
+    record = task.score(task.target(row), row)
+    assert record == {"reward": 1.5, "accuracy": 1.0, "correct": True} and len(runs) == 3

@@ -3,7 +3,7 @@ import torch
 
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion.sampler import (block_sample, dream_sample, proposal_logits, split_evenly, start_sequence,
-                                             threshold_sample, top_k_mask)
+                                             top_k_mask)
 from gdsd_lightning.models.adapter import DiffusionLM
 
 PROMPTS = ["Sudoku: 1030\nSolution: ", "Countdown: 3,5,7 -> 22\n"]
@@ -134,10 +134,10 @@ def test_exact_sampler_matches_the_naive_published_loop_greedily(tiny_llada):
 def test_fast_mode_adds_confident_commits_to_the_exact_schedule(tiny_llada):
     ids, mask = tiny_llada.encode_prompts(["12+3=", "7*8="])
     exact = block_sample(tiny_llada, ids, mask, gen_length=8, block_length=4, steps=4)
-    scheduled_only = threshold_sample(tiny_llada, ids, mask, 8, 4, tokens_per_step=2, threshold=1.0)
+    scheduled_only = block_sample(tiny_llada, ids, mask, 8, 4, 4, threshold=1.0)
     assert scheduled_only.forwards == 4                    # nothing is above 1.0: the exact schedule
     assert torch.equal(scheduled_only.completions, exact.completions)
-    all_at_once = threshold_sample(tiny_llada, ids, mask, 8, 4, tokens_per_step=2, threshold=1e-12)
+    all_at_once = block_sample(tiny_llada, ids, mask, 8, 4, 4, threshold=1e-12)
     assert all_at_once.forwards == 2                       # every proposal is committed: one forward per block
     assert not (all_at_once.completions == tiny_llada.mask_id).any()
     x, attention = start_sequence(tiny_llada, ids, mask, 8)

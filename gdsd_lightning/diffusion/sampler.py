@@ -20,7 +20,7 @@ class SampleOutput:
     entropy: torch.Tensor | None = None                    # (B,) mean entropy where tokens were committed
     states: list[torch.Tensor] = field(default_factory=list)  # (B, L) completion before each step
     state_blocks: list[int] = field(default_factory=list)     # block index of each recorded state
-    forwards: int = 0                                      # model forwards spent (fast mode)
+    forwards: int = 0                                      # model forwards spent
 
 
 def split_evenly(counts: torch.Tensor, steps: int) -> torch.Tensor:
@@ -74,7 +74,8 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Gen
 @torch.no_grad()
 def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
                  block_length: int, steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
-                 generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
+                 generator: torch.Generator | None = None, record_states: bool = False,
+                 threshold: float | None = None) -> SampleOutput:
     """LLaDA block sampler.
 
     The L completion masks form L/block_length blocks, decoded left to right with
@@ -82,9 +83,16 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     0); confidence = softmax probability of x0 (`low_confidence`) or uniform noise (`random`);
     the most confident still-masked positions of the current block are committed, as many as the
     block's masked count split evenly over its steps (remainder to the earliest steps).
+
+    Fast mode (`threshold` set, low_confidence only): every other masked position of the block
+    whose proposal has probability above `threshold` is committed too, and a block that holds no
+    mask any more ends early, so it takes at most the exact schedule's forwards (with threshold 1,
+    exactly those). Not exact otherwise.
     """
     if gen_length % block_length or steps % (gen_length // block_length):
         raise ValueError("block_length must divide gen_length and the block count must divide steps")
+    if threshold is not None and remasking != "low_confidence":
+        raise ValueError("fast mode (threshold) ranks by confidence: use remasking='low_confidence'")
     prompt_len, device = prompt_ids.shape[1], prompt_ids.device
     x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
     num_blocks = gen_length // block_length
@@ -96,10 +104,15 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
         positions = torch.arange(start, end, device=device).expand(x.shape[0], -1)
         schedule = split_evenly((x[:, start:end] == model.mask_id).sum(1), steps_per_block)
         for step in range(steps_per_block):
+            current = x[:, start:end]
+            masked = current == model.mask_id
+            if threshold is not None and not masked.any():
+                break
             if record_states:
                 out.states.append(x[:, prompt_len:].clone())
                 out.state_blocks.append(block)
             logits = proposal_logits(model, x, attention, positions)      # (B, block_length, V)
+            out.forwards += 1
             proposal = gumbel_argmax(logits, temperature, generator)
             if remasking == "low_confidence":   # the reference's arithmetic, so near-ties rank the same way
                 confidence = logits.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
@@ -107,47 +120,15 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
                 confidence = torch.rand(proposal.shape, generator=generator, device=device)
             else:
                 raise ValueError(f"unknown remasking {remasking!r}; use low_confidence or random")
-            current = x[:, start:end]
-            confidence = torch.where(current == model.mask_id, confidence, torch.full_like(confidence, -torch.inf))
+            confidence = torch.where(masked, confidence, torch.full_like(confidence, -torch.inf))
             commit = top_k_mask(confidence, schedule[:, step])
+            if threshold is not None:           # the schedule may ask for more masks than are left
+                commit = (commit | (confidence > threshold)) & masked
             entropy_sum.index_add_(0, commit.nonzero()[:, 0], entropy(logits[commit]))   # committed positions only
             x[:, start:end] = torch.where(commit, proposal, current)
     out.completions = x[:, prompt_len:]
     out.entropy = entropy_sum / gen_length
     return out
-
-
-@torch.no_grad()
-def threshold_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
-                     block_length: int, tokens_per_step: int, threshold: float, temperature: float = 0.0,
-                     generator: torch.Generator | None = None) -> SampleOutput:
-    """Fast mode: the exact sampler's blocks and per-step count, plus parallel commits by confidence.
-
-    Per step the `tokens_per_step` most confident still-masked positions of the current block are
-    committed, as in block_sample, and with them every other masked position whose proposal has
-    softmax probability above `threshold`; a block ends when it holds no mask, so it takes at most
-    the exact schedule's forwards (with threshold 1, exactly those). Not exact otherwise.
-    """
-    if gen_length % block_length:
-        raise ValueError("block_length must divide gen_length")
-    prompt_len, device = prompt_ids.shape[1], prompt_ids.device
-    x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
-    entropy_sum = torch.zeros(x.shape[0], device=device)
-    forwards = 0
-    for start in range(prompt_len, prompt_len + gen_length, block_length):
-        end = start + block_length
-        positions = torch.arange(start, end, device=device).expand(x.shape[0], -1)
-        while (masked := x[:, start:end] == model.mask_id).any():
-            logits = proposal_logits(model, x, attention, positions)
-            forwards += 1
-            proposal = gumbel_argmax(logits, temperature, generator)
-            confidence = logits.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
-            confidence = torch.where(masked, confidence, torch.full_like(confidence, -torch.inf))
-            scheduled = top_k_mask(confidence, torch.full((x.shape[0],), tokens_per_step, device=device))
-            commit = (scheduled | (confidence > threshold)) & masked
-            entropy_sum.index_add_(0, commit.nonzero()[:, 0], entropy(logits[commit]))
-            x[:, start:end] = torch.where(commit, proposal, x[:, start:end])
-    return SampleOutput(completions=x[:, prompt_len:], entropy=entropy_sum / gen_length, forwards=forwards)
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

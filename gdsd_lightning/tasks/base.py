@@ -133,6 +133,12 @@ class Task(ABC):
     def is_correct(self, completion: str, example: dict) -> bool:
         return self.accuracy(completion, example) >= 1.0
 
+    def score(self, completion: str, example: dict) -> dict:
+        """One completion's record: reward, accuracy, verified correctness and the extra metrics
+        (code tasks override it to run their tests once for all of them)."""
+        return {"reward": self.reward(completion, example), "accuracy": self.accuracy(completion, example),
+                "correct": self.is_correct(completion, example), **self.extra_metrics(completion, example)}
+
     extra_metric_names: tuple[str, ...] = ()
 
     @property

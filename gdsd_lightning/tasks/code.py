@@ -51,20 +51,21 @@ class CodeTask(Task):
         """One script per test case: the program followed by the test."""
         raise NotImplementedError
 
-    def pass_rate(self, completion: str, example: dict) -> float:
+    def score(self, completion: str, example: dict) -> dict:
+        """Reward, accuracy and correctness from one run of the tests in the sandbox."""
         program = self.program(code_block(completion), example)
-        if not parses(program):
-            return 0.0
-        tests = self.test_programs(program, example)
-        return sum(run_python(test, self.limits).passed for test in tests) / len(tests)
+        rate = 0.0
+        if parses(program):
+            tests = self.test_programs(program, example)
+            rate = sum(run_python(test, self.limits).passed for test in tests) / len(tests)
+        well_formed = bool(CODE_BLOCK.search(completion)) and parses(program)
+        return {"reward": rate + 0.5 * well_formed, "accuracy": float(rate == 1.0), "correct": rate == 1.0}
 
     def accuracy(self, completion: str, example: dict) -> float:
-        return float(self.pass_rate(completion, example) == 1.0)
+        return self.score(completion, example)["accuracy"]
 
     def reward(self, completion: str, example: dict) -> float:
-        rate = self.pass_rate(completion, example)
-        well_formed = bool(CODE_BLOCK.search(completion)) and parses(self.program(code_block(completion), example))
-        return rate + 0.5 * well_formed
+        return self.score(completion, example)["reward"]
 
     def question(self, example: dict) -> str:
         return (f"{self.statement(example)}\nWrite the solution as one Python code block inside the answer "
