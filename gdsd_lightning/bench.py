@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from gdsd_lightning.diffusion.estimators import completion_logprobs
+from gdsd_lightning.diffusion.estimators import completion_logprobs, with_prompt
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion.sampler import block_sample, split_evenly, start_sequence
 from gdsd_lightning.models.adapter import DiffusionLM
@@ -200,7 +200,7 @@ def _memory_worker(kind: str, device: str, queue) -> None:
         logp = completion_logprobs(model, ids, mask, completion, masked)
     else:  # the whole sequence's logits in float32, a full log-softmax, then the gather
         noisy = torch.where(masked, model.mask_id, completion)
-        logits = model(torch.cat([ids, noisy], 1), torch.cat([mask, torch.ones_like(noisy)], 1)).float()
+        logits = model(*with_prompt(ids, mask, noisy)).float()
         logp = logits.log_softmax(-1)[:, ids.shape[1]:].gather(-1, completion.unsqueeze(-1)).squeeze(-1)
     logp.sum().backward()
     seconds = time.perf_counter() - start

@@ -7,7 +7,6 @@ and reduce them; `completion_logprobs` computes those with one forward of the ad
 from __future__ import annotations
 
 import torch
-
 from torch.utils.checkpoint import checkpoint
 
 from gdsd_lightning.models.adapter import DiffusionLM
@@ -39,6 +38,13 @@ def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.T
                       for h, t in zip(hidden.split(chunk, 1), targets.split(chunk, 1))], dim=1)
 
 
+def with_prompt(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs (B, P + L) and attention mask for completions (B, L) after their prompts (B, P)."""
+    return (torch.cat([prompt_ids, completions], 1),
+            torch.cat([prompt_mask, torch.ones_like(completions, dtype=prompt_mask.dtype)], 1))
+
+
 def completion_logprobs(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                         completion: torch.Tensor, masked: torch.Tensor,
                         prompt_masked: torch.Tensor | None = None, center_logits: bool = False) -> torch.Tensor:
@@ -52,8 +58,7 @@ def completion_logprobs(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mas
     prompt_len = prompt_ids.shape[1]
     noisy = torch.where(masked, model.mask_id, completion)
     prompt = prompt_ids if prompt_masked is None else torch.where(prompt_masked, model.mask_id, prompt_ids)
-    inputs = torch.cat([prompt, noisy], dim=1)
-    attention = torch.cat([prompt_mask, torch.ones_like(completion)], dim=1)
+    inputs, attention = with_prompt(prompt, prompt_mask, noisy)
     positions = (prompt_len + torch.arange(completion.shape[1], device=completion.device)).expand_as(completion)
     return token_logprobs(model.head, model.hidden_at(inputs, attention, positions), completion, center_logits)
 

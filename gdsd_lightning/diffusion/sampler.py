@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gdsd_lightning.diffusion.estimators import with_prompt
 from gdsd_lightning.models.adapter import DiffusionLM
 
 
@@ -41,10 +42,8 @@ def top_k_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def start_sequence(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                    gen_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompt followed by `gen_length` mask tokens, and the matching attention mask."""
-    batch, device = prompt_ids.shape[0], prompt_ids.device
-    masks = torch.full((batch, gen_length), model.mask_id, dtype=torch.long, device=device)
-    ones = torch.ones(batch, gen_length, dtype=prompt_mask.dtype, device=device)
-    return torch.cat([prompt_ids, masks], 1), torch.cat([prompt_mask, ones], 1)
+    masks = torch.full((prompt_ids.shape[0], gen_length), model.mask_id, dtype=torch.long, device=prompt_ids.device)
+    return with_prompt(prompt_ids, prompt_mask, masks)
 
 
 def proposal_logits(model: DiffusionLM, x: torch.Tensor, attention: torch.Tensor,

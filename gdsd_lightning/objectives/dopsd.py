@@ -37,6 +37,7 @@ from typing import Optional
 
 import torch
 
+from gdsd_lightning.diffusion.estimators import with_prompt
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.diffusion.sampler import proposal_logits
@@ -87,13 +88,6 @@ def topk_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta
     if scope == "position":
         terms = terms.sum(-1)
     return terms.clamp(max=clamp)
-
-
-def with_prompt(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completions: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full model inputs and attention mask for completions (S, L) after their prompts (S, P)."""
-    return (torch.cat([prompt_ids, completions], 1),
-            torch.cat([prompt_mask, torch.ones_like(completions, dtype=prompt_mask.dtype)], 1))
 
 
 class DOPSD(Objective):

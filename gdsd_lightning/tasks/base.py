@@ -59,7 +59,7 @@ class Task(ABC):
         if not path.is_file():
             raise UserError(f"data file {path} does not exist")
         readers = {".csv": read_csv, ".parquet": read_parquet}
-        return self.validated(readers.get(path.suffix, read_jsonl)(path), f"{path}, line")
+        return self.validated(readers.get(path.suffix, read_jsonl)(path), str(path), "line")
 
     def load_hub(self, split: str) -> list[dict]:
         """The `split` of this task's hub data set through `datasets.load_dataset` (local cache when
@@ -78,17 +78,18 @@ class Task(ABC):
             if online:
                 raise
             raise unreachable("data set", dataset_id, f"set task.{split}_path to a local JSONL or Parquet file") from None
-        return self.validated(enumerate(rows, start=1), f"{dataset_id} [{expression}], row")
+        return self.validated(enumerate(rows, start=1), f"{dataset_id} [{expression}]", "row")
 
-    def validated(self, rows: Iterable[tuple[int, dict]], where: str) -> list[dict]:
+    def validated(self, rows: Iterable[tuple[int, dict]], source: str, unit: str) -> list[dict]:
+        """Every row through `validate`; an error names the source and the row's `unit` number."""
         examples = []
         for number, row in rows:
             try:
                 examples.append(self.validate(row))
             except (KeyError, ValueError, TypeError) as err:
-                raise UserError(f"{where} {number}: malformed {self.name} row ({type(err).__name__}: {err})") from None
+                raise UserError(f"{source}, {unit} {number}: malformed {self.name} row ({type(err).__name__}: {err})") from None
         if not examples:
-            raise UserError(f"{where.rsplit(',', 1)[0]} holds no rows")
+            raise UserError(f"{source} holds no rows")
         return examples
 
     @abstractmethod

