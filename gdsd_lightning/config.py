@@ -65,6 +65,8 @@ class SamplerConfig:
     eps: float = 1e-3                      # dream sampler only
     fast_threshold: Optional[float] = None # fast mode (block sampler): also commit every proposal above this
                                            # confidence each step; None: the exact schedule only (default)
+    kv_cache: bool = False                 # fast mode (block sampler): within a block, run only the block's
+                                           # tokens against cached keys/values of the rest (approximate)
 
 
 @dataclass
@@ -229,6 +231,7 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"sampler.steps must be in 1..gen_length ({s.gen_length}), got {s.steps}")
     if cfg.task.prompt_style not in ("plain", "chat"):
         problems.append(f"task.prompt_style must be 'plain' or 'chat', got {cfg.task.prompt_style!r}")
+    from gdsd_lightning.models.families import FAMILIES
     from gdsd_lightning.objectives import OBJECTIVES
 
     if cfg.rollout.num_generations < 2 and getattr(OBJECTIVES[cfg.method.name], "uses_groups", False):
@@ -253,11 +256,17 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"trainer.devices must be a number of devices with trainer.strategy=fsdp, got {cfg.trainer.devices!r}")
     if s.fast_threshold is not None and not (0.0 < s.fast_threshold <= 1.0):
         problems.append(f"sampler.fast_threshold must be in (0, 1], got {s.fast_threshold}")
-    if s.fast_threshold is not None and getattr(OBJECTIVES[cfg.method.name], "record_states", False):
-        problems.append(f"sampler.fast_threshold cannot be used with {cfg.method.name} (it trains on the states of "
+    fast = [f"sampler.{key}" for key in ("fast_threshold", "kv_cache") if s[key] not in (None, False)]
+    if fast and getattr(OBJECTIVES[cfg.method.name], "record_states", False):
+        problems.append(f"{' and '.join(fast)} cannot be used with {cfg.method.name} (it trains on the states of "
                         "the exact schedule)")
+    if fast and s.kind != "block":
+        problems.append(f"{' and '.join(fast)}: fast mode exists for the block sampler only, not sampler.kind={s.kind}")
     if s.fast_threshold is not None and s.remasking != "low_confidence":
         problems.append("sampler.fast_threshold ranks by confidence: it needs sampler.remasking=low_confidence")
+    if s.kv_cache and cfg.model.family in FAMILIES and not FAMILIES[cfg.model.family].kv_cache:
+        problems.append(f"sampler.kv_cache: the {cfg.model.family} family does not support the sampler's KV cache "
+                        "(see FamilySpec.kv_cache in models/families.py)")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         problems.append(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.model.lora_r < 0:

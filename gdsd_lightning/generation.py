@@ -20,13 +20,15 @@ def prompt_texts(task: Task, examples: list[dict], style: str, tokenizer) -> lis
 
 def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: DictConfig,
            temperature: float, generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
-    """Run the configured sampler (`sampler.kind`) at `temperature`; with `sampler.fast_threshold`
-    set, the block sampler's fast mode (the exact schedule plus confident parallel commits)."""
+    """Run the configured sampler (`sampler.kind`) at `temperature`; `sampler.fast_threshold` and
+    `sampler.kv_cache` are the block sampler's fast mode (confident parallel commits, cached keys
+    and values outside the current block)."""
     if sampler.kind == "dream":
         return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
                             sampler.top_p, sampler.eps, generator, record_states)
     return block_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length, sampler.steps,
-                        temperature, sampler.remasking, generator, record_states, sampler.fast_threshold)
+                        temperature, sampler.remasking, generator, record_states, sampler.fast_threshold,
+                        sampler.kv_cache)
 
 
 def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict]:

@@ -44,6 +44,8 @@ def test_wrong_type_names_the_key():
     ("trainer.val_every_n_steps=6 method.num_iterations=4", "multiple of method.num_iterations"),
     ("rollout.num_generations=1", "at least 2"),
     ("sampler.fast_threshold=0.9 sampler.remasking=random", "needs sampler.remasking=low_confidence"),
+    ("sampler.kv_cache=true sampler.kind=dream", "fast mode exists for the block sampler only"),
+    ("sampler.kv_cache=true model.family=llada", "llada family does not support the sampler's KV cache"),
 ])
 def test_impossible_combinations_are_refused(override, phrase):
     with pytest.raises(UserError, match=phrase):
@@ -58,3 +60,5 @@ def test_unknown_experiment_lists_known_ones():
 def test_fast_mode_is_refused_for_objectives_that_train_on_the_exact_states():
     with pytest.raises(UserError, match="fast_threshold cannot be used with dopsd"):
         load_experiment("dopsd_tiny_sudoku", ["sampler.fast_threshold=0.9"])
+    with pytest.raises(UserError, match="kv_cache cannot be used with dopsd"):
+        load_experiment("dopsd_tiny_sudoku", ["sampler.kv_cache=true"])

@@ -4,7 +4,9 @@ import torch
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion.sampler import (block_sample, dream_sample, proposal_logits, split_evenly, start_sequence,
                                              top_k_mask)
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
+from tests.conftest import make_tiny
 
 PROMPTS = ["Sudoku: 1030\nSolution: ", "Countdown: 3,5,7 -> 22\n"]
 
@@ -143,3 +145,41 @@ def test_fast_mode_adds_confident_commits_to_the_exact_schedule(tiny_llada):
     x, attention = start_sequence(tiny_llada, ids, mask, 8)
     first_block = proposal_logits(tiny_llada, x, attention)[:, ids.shape[1]:ids.shape[1] + 4].argmax(-1)
     assert torch.equal(all_at_once.completions[:, :4], first_block)
+
+
+@pytest.mark.parametrize("family", ["tiny-llada", "tiny-dream"])
+def test_window_logits_with_a_cache_equal_the_full_forward_while_the_tokens_are_unchanged(family):
+    model = make_tiny(family)
+    ids, mask = model.encode_prompts(PROMPTS)
+    x, attention = start_sequence(model, ids, mask, 12)
+    x[:, ids.shape[1]:ids.shape[1] + 4] = model.tokenizer.convert_tokens_to_ids("7")   # a decoded first block
+    start, end = ids.shape[1] + 4, ids.shape[1] + 8
+    full = model(x, attention)[:, start:end]
+    first, cache = model.window_logits(x, attention, start, end)
+    assert cache.get_seq_length() == x.shape[1] - 4                  # everything but the window
+    torch.testing.assert_close(first, full, rtol=1e-5, atol=1e-5)
+    again, same_cache = model.window_logits(x, attention, start, end, cache)
+    assert same_cache is cache and cache.get_seq_length() == x.shape[1] - 4
+    torch.testing.assert_close(again, full, rtol=1e-5, atol=1e-5)
+    x[:, start] = model.tokenizer.convert_tokens_to_ids("3")         # a commit inside the window
+    changed, _ = model.window_logits(x, attention, start, end, cache)
+    assert not torch.allclose(changed, full)
+
+
+def test_kv_cache_sampling_is_exact_with_one_step_per_block_and_close_otherwise(tiny_llada):
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    one_step = dict(gen_length=12, block_length=4, steps=3)
+    assert torch.equal(block_sample(tiny_llada, ids, mask, **one_step, kv_cache=True).completions,
+                       block_sample(tiny_llada, ids, mask, **one_step).completions)
+    many = dict(gen_length=12, block_length=4, steps=12)
+    cached = block_sample(tiny_llada, ids, mask, **many, kv_cache=True)
+    assert cached.forwards == 12 and not (cached.completions == tiny_llada.mask_id).any()
+
+
+def test_kv_cache_is_refused_for_a_family_without_support(tiny_llada, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setattr(tiny_llada, "family", replace(tiny_llada.family, kv_cache=False))
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    with pytest.raises(UserError, match="does not support the sampler's KV cache"):
+        block_sample(tiny_llada, ids, mask, 8, 4, 4, kv_cache=True)

@@ -50,7 +50,12 @@ def proposal_logits(model: DiffusionLM, x: torch.Tensor, attention: torch.Tensor
                     positions: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 denoiser logits (at `positions` (B, k) only, when given) with the mask token itself
     excluded from the proposals."""
-    logits = (model(x, attention) if positions is None else model.logits_at(x, attention, positions)).float()
+    return without_mask(model, model(x, attention) if positions is None else model.logits_at(x, attention, positions))
+
+
+def without_mask(model: DiffusionLM, logits: torch.Tensor) -> torch.Tensor:
+    """Float32 copy of `logits` in which the mask token is never proposed."""
+    logits = logits.float()
     logits[..., model.mask_id] = -torch.inf
     return logits
 
@@ -74,7 +79,7 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Gen
 def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
                  block_length: int, steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
                  generator: torch.Generator | None = None, record_states: bool = False,
-                 threshold: float | None = None) -> SampleOutput:
+                 threshold: float | None = None, kv_cache: bool = False) -> SampleOutput:
     """LLaDA block sampler.
 
     The L completion masks form L/block_length blocks, decoded left to right with
@@ -87,6 +92,12 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     whose proposal has probability above `threshold` is committed too, and a block that holds no
     mask any more ends early, so it takes at most the exact schedule's forwards (with threshold 1,
     exactly those). Not exact otherwise.
+
+    KV cache (`kv_cache`, families that support it): the first step of a block runs the whole
+    sequence and caches the keys and values of every position outside the block; the block's
+    later steps run only the block's tokens against that cache (DiffusionLM.window_logits). The
+    first step of each block is exact; the later ones see the prefix and the masked suffix as they
+    were when the block began.
     """
     if gen_length % block_length or steps % (gen_length // block_length):
         raise ValueError("block_length must divide gen_length and the block count must divide steps")
@@ -110,7 +121,11 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             if record_states:
                 out.states.append(x[:, prompt_len:].clone())
                 out.state_blocks.append(block)
-            logits = proposal_logits(model, x, attention, positions)      # (B, block_length, V)
+            if kv_cache:                                                  # (B, block_length, V)
+                logits, cache = model.window_logits(x, attention, start, end, cache if step else None)
+                logits = without_mask(model, logits)
+            else:
+                logits = proposal_logits(model, x, attention, positions)
             out.forwards += 1
             proposal = gumbel_argmax(logits, temperature, generator)
             if remasking == "low_confidence":   # the reference's arithmetic, so near-ties rank the same way

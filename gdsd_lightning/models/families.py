@@ -28,6 +28,12 @@ class FamilySpec:
     hub_id: str | None = None                # real families: default weights (remote code)
     mask_token_id: int | None = None         # used when the tokenizer does not name its mask token
     decoder_layer: str | None = None         # class to shard and checkpoint; None: _no_split_modules
+    # The sampler's KV cache (sampler.kv_cache, DiffusionLM.window_logits) needs a backbone that
+    # takes position_ids, use_cache and past_key_values as a transformers Cache (crop included)
+    # and attends bidirectionally over the cached keys. transformers' Llama / Qwen2 do; a real
+    # family opts in by setting this once its modeling code has been checked to (LLaDA's and
+    # Dream's remote code keep their own cache formats, so they stay off).
+    kv_cache: bool = False
 
     @property
     def pretrained(self) -> bool:
@@ -35,8 +41,8 @@ class FamilySpec:
 
 
 FAMILIES: dict[str, FamilySpec] = {
-    "tiny-llada": FamilySpec("tiny-llada", False, LLAMA_LINEAR, LlamaConfig, LlamaForCausalLM),
-    "tiny-dream": FamilySpec("tiny-dream", True, LLAMA_LINEAR, Qwen2Config, Qwen2ForCausalLM),
+    "tiny-llada": FamilySpec("tiny-llada", False, LLAMA_LINEAR, LlamaConfig, LlamaForCausalLM, kv_cache=True),
+    "tiny-dream": FamilySpec("tiny-dream", True, LLAMA_LINEAR, Qwen2Config, Qwen2ForCausalLM, kv_cache=True),
     # LLaDA's blocks (LLaDALlamaBlock, OLMo-style) do not use the Llama names: attention output
     # is attn_out, the MLP is ff_proj (gate) / up_proj / ff_out (down). The model-level LM head is
     # also called ff_out, which is why targets are matched inside numbered layers only.
