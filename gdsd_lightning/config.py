@@ -4,7 +4,8 @@ from the command line, validated at start-up (unknown keys, wrong types, impossi
     cfg = load_experiment("gdsd_tiny_sudoku", ["trainer.max_steps=50", "method.psi=10"])
 
 An experiment YAML may start with `extends: [_base/tiny.yaml, ...]` (paths relative to
-experiments/); later files and the command line win. The `method` section is validated against
+experiments/); later files and the command line win. The command line may add files of its own,
+`extends=_base/cpu_smoke.yaml`, merged after the experiment and before the key=value overrides. The `method` section is validated against
 the chosen objective's own config class.
 """
 
@@ -141,6 +142,14 @@ def experiment_path(name: str) -> Path:
     return path
 
 
+def overlay_path(name: str) -> Path:
+    """A command-line `extends=` file: relative to experiments/ (or as given)."""
+    for path in (EXPERIMENTS_DIR / name, Path(name)):
+        if path.is_file():
+            return path.resolve()
+    raise UserError(f"extends={name}: no such file in {EXPERIMENTS_DIR} or the working directory")
+
+
 def list_experiments() -> list[str]:
     return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
 
@@ -195,7 +204,9 @@ def load_experiment(name: str, overrides: list[str] | None = None) -> DictConfig
     except Exception as err:
         raise UserError(f"cannot parse command-line overrides {overrides}: {err}") from None
     where = f"{path} or the command-line overrides"
-    cfg = merge_checked(OmegaConf.structured(ExperimentConfig), read_yaml(path), cli, where=where)
+    overlays = cli.pop("extends", [])        # extends=<file>: merged after the experiment, before key=value
+    overlays = [read_yaml(overlay_path(name)) for name in ([overlays] if isinstance(overlays, str) else overlays)]
+    cfg = merge_checked(OmegaConf.structured(ExperimentConfig), read_yaml(path), *overlays, cli, where=where)
     if cfg.name == "unnamed":
         cfg.name = path.stem
     cfg.method = validate_method(cfg.method, where)

@@ -62,3 +62,12 @@ def test_fast_mode_is_refused_for_objectives_that_train_on_the_exact_states():
         load_experiment("dopsd_tiny_sudoku", ["sampler.fast_threshold=0.9"])
     with pytest.raises(UserError, match="kv_cache cannot be used with dopsd"):
         load_experiment("dopsd_tiny_sudoku", ["sampler.kv_cache=true"])
+
+
+def test_command_line_extends_merges_a_file_before_the_overrides():
+    cfg = load_experiment("gdsd_llada_math", ["extends=_base/cpu_smoke.yaml", "trainer.max_steps=48"])
+    assert cfg.trainer.accelerator == "cpu" and cfg.model.lora_r == 4      # from the overlay
+    assert cfg.method.psi == 10.0 and cfg.task.name == "math"              # the recipe's own
+    assert cfg.trainer.max_steps == 48                                     # key=value wins
+    with pytest.raises(UserError, match="extends=nope.yaml: no such file"):
+        load_experiment("gdsd_llada_math", ["extends=nope.yaml"])

@@ -1,17 +1,18 @@
-"""FSDP2 through Lightning's ModelParallelStrategy on two CPU processes (gloo), and a published
-recipe (gdsd_llada_math: LoRA, chat prompts, mu 8) run for one rollout on a tiny stand-in."""
+"""FSDP2 through Lightning's ModelParallelStrategy on two CPU processes (gloo), and published
+recipes (LoRA, chat prompts, their mu) run for a few steps on tiny stand-ins with the CPU smoke overlay
+(experiments/_base/cpu_smoke.yaml, data/smoke/)."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 
 from gdsd_lightning.cli import train
 from gdsd_lightning.config import load_experiment
 from gdsd_lightning.models import DiffusionLM
 from tests.conftest import make_tiny, rl_overrides
-from tests.test_reasoning_tasks import MATH_ROW
 
 
 def clean_env() -> dict:
@@ -32,23 +33,18 @@ def test_fsdp2_on_two_cpu_processes_trains_and_saves_full_weights(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_dir()          # sharded checkpoint: one directory
 
 
-def test_llada_math_recipe_runs_on_cpu_with_a_tiny_stand_in(tmp_path):
-    stand_in = tmp_path / "tiny-llada"
-    make_tiny("tiny-llada").save(stand_in)
-    data = tmp_path / "math.jsonl"
-    data.write_text("\n".join(json.dumps({**MATH_ROW, "problem": f"What is {i}+1?", "solution": f"\\boxed{{{i + 1}}}"})
-                              for i in range(8)) + "\n")
-    cfg = load_experiment("gdsd_llada_math", [
-        f"model.path={stand_in}", "model.dtype=float32", "model.lora_r=4", "model.lora_alpha=8",
-        "trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true",
-        "trainer.max_steps=8", "trainer.val_every_n_steps=8", "trainer.checkpoint_every_n_steps=8",
-        "sampler.gen_length=16", "sampler.block_length=16", "sampler.steps=8", "rollout.prompts_per_step=1",
-        f"task.train_path={data}", f"task.val_path={data}", "task.num_val=2", "eval.batch_size=2",
-        f"runs_dir={tmp_path / 'runs'}", "run_name=cpu"])
-    run_dir = train(cfg)
+@pytest.mark.parametrize("recipe, family", [("gdsd_llada_math", "tiny-llada"), ("diffu_grpo_llada_gsm8k", "tiny-llada"),
+                                            ("gdsd_llada_code", "tiny-llada"), ("gdsd_dream_countdown", "tiny-dream")])
+def test_published_recipes_run_on_cpu_with_a_tiny_stand_in_and_the_smoke_overlay(tmp_path, recipe, family):
+    stand_in = tmp_path / family
+    make_tiny(family).save(stand_in)
+    overrides = ["extends=_base/cpu_smoke.yaml", f"model.path={stand_in}", f"runs_dir={tmp_path / 'runs'}", "run_name=cpu"]
+    mu = load_experiment(recipe, overrides).method.num_iterations
+    one_rollout = [f"trainer.{key}={mu}" for key in ("max_steps", "val_every_n_steps", "checkpoint_every_n_steps")]
+    run_dir = train(load_experiment(recipe, overrides + one_rollout))
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 8                                   # one rollout, mu = 8 optimiser steps
+    assert summary["steps"] == mu and summary["rollouts"] == 1           # mu optimiser steps on one rollout
     final = run_dir / "final"
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
     tuned = DiffusionLM.load(final)                               # LoRA adapters on top of the stand-in
-    assert tuned.family.name == "tiny-llada" and hasattr(tuned.model, "disable_adapter")
+    assert tuned.family.name == family and hasattr(tuned.model, "disable_adapter")
