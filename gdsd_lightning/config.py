@@ -5,8 +5,8 @@ from the command line, validated at start-up (unknown keys, wrong types, impossi
 
 An experiment YAML may start with `extends: [_base/tiny.yaml, ...]` (paths relative to
 experiments/); later files and the command line win. The command line may add files of its own,
-`extends=_base/cpu_smoke.yaml`, merged after the experiment and before the key=value overrides. The `method` section is validated against
-the chosen objective's own config class.
+`extends=_base/cpu_smoke.yaml`, merged after the experiment and before the key=value overrides.
+The `method` section is validated against the chosen objective's own config class.
 """
 
 from __future__ import annotations
