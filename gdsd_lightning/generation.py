@@ -6,6 +6,7 @@ import torch
 from omegaconf import DictConfig
 
 from gdsd_lightning.diffusion.sampler import SampleOutput, block_sample, dream_sample
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.tasks import Task
 
@@ -14,6 +15,9 @@ def prompt_texts(task: Task, examples: list[dict], style: str, tokenizer) -> lis
     """Plain prompts, or chat prompts rendered with the tokenizer's chat template."""
     if style == "plain":
         return [task.prompt(ex) for ex in examples]
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("task.prompt_style=chat, but the model's tokenizer has no chat template (a model saved "
+                        "before the character tokenizer had one?); retrain it or set task.prompt_style=plain")
     return [tokenizer.apply_chat_template(task.chat_messages(ex), tokenize=False, add_generation_prompt=True)
             for ex in examples]
 

@@ -71,3 +71,14 @@ def test_command_line_extends_merges_a_file_before_the_overrides():
     assert cfg.trainer.max_steps == 48                                     # key=value wins
     with pytest.raises(UserError, match="extends=nope.yaml: no such file"):
         load_experiment("gdsd_llada_math", ["extends=nope.yaml"])
+
+
+def test_chat_prompts_need_a_tokenizer_with_a_chat_template():
+    from types import SimpleNamespace
+
+    from gdsd_lightning.generation import prompt_texts
+    from gdsd_lightning.tasks import get_task
+
+    with pytest.raises(UserError, match="has no chat template"):
+        prompt_texts(get_task("gsm8k"), [{"question": "1+1?", "answer": "#### 2"}], "chat",
+                     SimpleNamespace(chat_template=None))
