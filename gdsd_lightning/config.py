@@ -204,8 +204,8 @@ def load_experiment(name: str, overrides: list[str] | None = None) -> DictConfig
     except Exception as err:
         raise UserError(f"cannot parse command-line overrides {overrides}: {err}") from None
     where = f"{path} or the command-line overrides"
-    overlays = cli.pop("extends", [])        # extends=<file>: merged after the experiment, before key=value
-    overlays = [read_yaml(overlay_path(name)) for name in ([overlays] if isinstance(overlays, str) else overlays)]
+    extra = cli.pop("extends", [])           # extends=<file>: merged after the experiment, before key=value
+    overlays = [read_yaml(overlay_path(name)) for name in ([extra] if isinstance(extra, str) else extra)]
     cfg = merge_checked(OmegaConf.structured(ExperimentConfig), read_yaml(path), *overlays, cli, where=where)
     if cfg.name == "unnamed":
         cfg.name = path.stem

@@ -166,7 +166,7 @@ def test_window_logits_with_a_cache_equal_the_full_forward_while_the_tokens_are_
     assert not torch.allclose(changed, full)
 
 
-def test_kv_cache_sampling_is_exact_with_one_step_per_block_and_close_otherwise(tiny_llada):
+def test_kv_cache_sampling_is_exact_with_one_step_per_block_and_fills_every_position_otherwise(tiny_llada):
     ids, mask = tiny_llada.encode_prompts(PROMPTS)
     one_step = dict(gen_length=12, block_length=4, steps=3)
     assert torch.equal(block_sample(tiny_llada, ids, mask, **one_step, kv_cache=True).completions,

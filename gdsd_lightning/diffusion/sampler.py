@@ -121,11 +121,11 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             if record_states:
                 out.states.append(x[:, prompt_len:].clone())
                 out.state_blocks.append(block)
-            if kv_cache:                                                  # (B, block_length, V)
+            if kv_cache:
                 logits, cache = model.window_logits(x, attention, start, end, cache if step else None)
-                logits = without_mask(model, logits)
             else:
-                logits = proposal_logits(model, x, attention, positions)
+                logits = model.logits_at(x, attention, positions)
+            logits = without_mask(model, logits)                          # (B, block_length, V)
             out.forwards += 1
             proposal = gumbel_argmax(logits, temperature, generator)
             if remasking == "low_confidence":   # the reference's arithmetic, so near-ties rank the same way

@@ -39,8 +39,8 @@ import torch
 
 from gdsd_lightning.diffusion.estimators import with_prompt
 from gdsd_lightning.diffusion.masking import generator_for
-from gdsd_lightning.errors import UserError
 from gdsd_lightning.diffusion.sampler import proposal_logits
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch, zero_loss
 

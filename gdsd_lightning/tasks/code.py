@@ -54,11 +54,11 @@ class CodeTask(Task):
     def score(self, completion: str, example: dict) -> dict:
         """Reward, accuracy and correctness from one run of the tests in the sandbox."""
         program = self.program(code_block(completion), example)
-        rate = 0.0
-        if parses(program):
+        rate, parsed = 0.0, parses(program)
+        if parsed:
             tests = self.test_programs(program, example)
             rate = sum(run_python(test, self.limits).passed for test in tests) / len(tests)
-        well_formed = bool(CODE_BLOCK.search(completion)) and parses(program)
+        well_formed = bool(CODE_BLOCK.search(completion)) and parsed
         return {"reward": rate + 0.5 * well_formed, "accuracy": float(rate == 1.0), "correct": rate == 1.0}
 
     def accuracy(self, completion: str, example: dict) -> float:
