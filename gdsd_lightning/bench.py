@@ -48,6 +48,7 @@ QUICK = {"tiny_sudoku": dict(batch=32), "large_vocab": dict(batch=4, prompt=32, 
 FAST_THRESHOLD = 0.9                       # fast mode: commit every proposal above this confidence
 # block_sample options (greedy) of the exact schedule and of fast mode's parts
 SAMPLER_MODES = {"exact": {}, "threshold": dict(threshold=FAST_THRESHOLD), "kv_cache": dict(kv_cache=True),
+                 "kv_cache_refresh_2": dict(kv_cache=True, kv_refresh_every=2),
                  "fast": dict(threshold=FAST_THRESHOLD, kv_cache=True)}
 LOSS_BATCH = dict(rows=64, prompt=17, gen=16)
 MEMORY_CASE = dict(hidden=64, layers=2, vocab=LARGE_VOCAB, rows=8, prompt=64, gen=64)

@@ -68,6 +68,8 @@ class SamplerConfig:
                                            # confidence each step; None: the exact schedule only (default)
     kv_cache: bool = False                 # fast mode (block sampler): within a block, run only the block's
                                            # tokens against cached keys/values of the rest (approximate)
+    kv_refresh_every: Optional[int] = None # with kv_cache: also rebuild the cache every n steps of a block
+                                           # (fresher keys, fewer cached steps); None: once per block
 
 
 @dataclass
@@ -278,6 +280,9 @@ def check_combinations(cfg: DictConfig) -> None:
     if s.kv_cache and cfg.model.family in FAMILIES and not FAMILIES[cfg.model.family].kv_cache:
         problems.append(f"sampler.kv_cache: the {cfg.model.family} family does not support the sampler's KV cache "
                         "(see FamilySpec.kv_cache in models/families.py)")
+    if s.kv_refresh_every is not None and (not s.kv_cache or s.kv_refresh_every < 1):
+        problems.append(f"sampler.kv_refresh_every must be a positive number of steps and needs sampler.kv_cache=true, "
+                        f"got {s.kv_refresh_every} with kv_cache={s.kv_cache}")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         problems.append(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.model.lora_r < 0:

@@ -32,7 +32,7 @@ def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
                             sampler.top_p, sampler.eps, generator, record_states)
     return block_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length, sampler.steps,
                         temperature, sampler.remasking, generator, record_states, sampler.fast_threshold,
-                        sampler.kv_cache)
+                        sampler.kv_cache, sampler.kv_refresh_every)
 
 
 def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict]:

@@ -46,6 +46,8 @@ def test_wrong_type_names_the_key():
     ("sampler.fast_threshold=0.9 sampler.remasking=random", "needs sampler.remasking=low_confidence"),
     ("sampler.kv_cache=true sampler.kind=dream", "fast mode exists for the block sampler only"),
     ("sampler.kv_cache=true model.family=llada", "llada family does not support the sampler's KV cache"),
+    ("sampler.kv_refresh_every=2", "needs sampler.kv_cache=true"),
+    ("sampler.kv_cache=true sampler.kv_refresh_every=0", "kv_refresh_every must be a positive number"),
 ])
 def test_impossible_combinations_are_refused(override, phrase):
     with pytest.raises(UserError, match=phrase):

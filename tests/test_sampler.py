@@ -166,7 +166,7 @@ def test_window_logits_with_a_cache_equal_the_full_forward_while_the_tokens_are_
     assert not torch.allclose(changed, full)
 
 
-def test_kv_cache_sampling_is_exact_with_one_step_per_block_and_fills_every_position_otherwise(tiny_llada):
+def test_kv_cache_sampling_is_exact_with_one_step_per_block_or_a_refresh_every_step(tiny_llada):
     ids, mask = tiny_llada.encode_prompts(PROMPTS)
     one_step = dict(gen_length=12, block_length=4, steps=3)
     assert torch.equal(block_sample(tiny_llada, ids, mask, **one_step, kv_cache=True).completions,
@@ -174,6 +174,13 @@ def test_kv_cache_sampling_is_exact_with_one_step_per_block_and_fills_every_posi
     many = dict(gen_length=12, block_length=4, steps=12)
     cached = block_sample(tiny_llada, ids, mask, **many, kv_cache=True)
     assert cached.forwards == 12 and not (cached.completions == tiny_llada.mask_id).any()
+
+    def sampled(**options):    # one block of 24 steps at T = 1: long enough for stale keys to change a token
+        return block_sample(tiny_llada, ids, mask, 24, 24, 24, temperature=1.0,
+                            generator=torch.Generator().manual_seed(0), **options).completions
+    exact = sampled()
+    assert not torch.equal(sampled(kv_cache=True), exact)
+    assert torch.equal(sampled(kv_cache=True, kv_refresh_every=1), exact)
 
 
 def test_kv_cache_is_refused_for_a_family_without_support(tiny_llada, monkeypatch):

@@ -79,7 +79,8 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Gen
 def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
                  block_length: int, steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
                  generator: torch.Generator | None = None, record_states: bool = False,
-                 threshold: float | None = None, kv_cache: bool = False) -> SampleOutput:
+                 threshold: float | None = None, kv_cache: bool = False,
+                 kv_refresh_every: int | None = None) -> SampleOutput:
     """LLaDA block sampler.
 
     The L completion masks form L/block_length blocks, decoded left to right with
@@ -97,7 +98,8 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     sequence and caches the keys and values of every position outside the block; the block's
     later steps run only the block's tokens against that cache (DiffusionLM.window_logits). The
     first step of each block is exact; the later ones see the prefix and the masked suffix as they
-    were when the block began.
+    were when the block began. `kv_refresh_every` = n rebuilds the cache at every n-th step of a
+    block as well (steps 0, n, 2n, ... are exact), trading speed for fresher keys.
     """
     if gen_length % block_length or steps % (gen_length // block_length):
         raise ValueError("block_length must divide gen_length and the block count must divide steps")
@@ -122,7 +124,8 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
                 out.states.append(x[:, prompt_len:].clone())
                 out.state_blocks.append(block)
             if kv_cache:
-                logits, cache = model.window_logits(x, attention, start, end, cache if step else None)
+                refresh = step % (kv_refresh_every or steps_per_block) == 0
+                logits, cache = model.window_logits(x, attention, start, end, None if refresh else cache)
             else:
                 logits = model.logits_at(x, attention, positions)
             logits = without_mask(model, logits)                          # (B, block_length, V)
