@@ -30,6 +30,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*ModelCheckpoint with manual optimization.*")  # post-step state is wanted
+    # With an OnExceptionCheckpoint, fit(ckpt_path=None) looks for a "last" checkpoint to resume from; a new run's
+    # directory never has one (resuming is explicit: resume=...), so its two warnings say nothing.
+    warnings.filterwarnings("ignore", r".*\.fit\(ckpt_path=None\)` was called without a model.*")
+    warnings.filterwarnings("ignore", r".*there is no last checkpoint available.*")
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
