@@ -1,6 +1,7 @@
 """`python -m gdsd_lightning compare`: every RL method x seeds on one tiny task, one table.
 
     for each method with an experiment <method>_tiny_<task>, for each seed:
+        load it with the shared RL budget (_base/rl_tiny.yaml) merged over it
         reuse a finished run with the same resolved config, or train one
         evaluate its final model and its best-by-val checkpoint on the test split (greedy)
     -> <out>/<task>/runs.csv      one row per (method, seed)
@@ -29,6 +30,9 @@ from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root
 
 METHOD_ORDER = ["gdsd", "gdsd_tlc", "diffu_grpo", "wd1", "spg", "espo", "dmpo", "dopsd"]
 NOT_COMPARED = ("run_name", "resume")      # keys that name a run rather than define it
+# Merged over every compared experiment: the same rollouts, optimiser, schedule and steps for all methods,
+# whatever an experiment sets for its own runs (gdsd_tiny_sudoku, `make train`'s demo, trains longer).
+SHARED_BUDGET = "extends=_base/rl_tiny.yaml"
 SMOOTHING = 25                             # rollouts in the moving average of the reward plot
 NOTES = """Columns: test accuracy (greedy) of the final model and of the best-by-val checkpoint, mean and
 std over seeds; `reward_auc` = mean rollout reward over training; `best_step_mean` = optimiser step
@@ -263,7 +267,8 @@ def markdown_table(rows: list[dict]) -> str:
 def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = "results",
             overrides: list[str] | None = None) -> Path:
     """Train (or reuse) and evaluate every method x seed; write the table and plots; returns the output dir."""
-    overrides = list(overrides or [])
+    command = f"python -m gdsd_lightning compare --task {task} --seeds {seeds}" + "".join(f" {o}" for o in overrides or [])
+    overrides = [SHARED_BUDGET, *(overrides or [])]
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     experiments = experiments_for(task, methods)
@@ -285,7 +290,6 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     settings = (f"{seeds} seed(s) per method; {cfg.trainer.max_steps} optimiser steps of "
                 f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} completions; "
                 f"test split greedy; SFT base test accuracy {base if base is not None else 'n/a'}")
-    command = f"python -m gdsd_lightning compare --task {task} --seeds {seeds}" + "".join(f" {o}" for o in overrides)
     (out_dir / "compare.md").write_text(
         f"# {task}: method comparison\n\n{settings}.\n\nReproduce: `{command}` "
         f"(this one took {time.time() - started:.0f} s including reused runs).\n\n{markdown_table(rows)}\n\n"

@@ -5,7 +5,8 @@ from the command line, validated at start-up (unknown keys, wrong types, impossi
 
 An experiment YAML may start with `extends: [_base/tiny.yaml, ...]` (paths relative to
 experiments/); later files and the command line win. The command line may add files of its own,
-`extends=_base/cpu_smoke.yaml`, merged after the experiment and before the key=value overrides.
+`extends=_base/cpu_smoke.yaml` (repeatable), merged in order after the experiment and before the
+key=value overrides.
 The `method` section is validated against the chosen objective's own config class.
 """
 
@@ -201,13 +202,15 @@ def load_run_config(path: Path) -> DictConfig:
 def load_experiment(name: str, overrides: list[str] | None = None) -> DictConfig:
     """Load, merge and validate an experiment; returns a read-only structured config."""
     path = experiment_path(name)
-    try:
-        cli = OmegaConf.from_dotlist(list(overrides or []))
+    overrides = list(overrides or [])
+    try:                                     # extends=<file> (repeatable): merged in order after the experiment
+        files = [OmegaConf.from_dotlist([o]).extends for o in overrides if o.startswith("extends=")]
+        cli = OmegaConf.from_dotlist([o for o in overrides if not o.startswith("extends=")])
     except Exception as err:
         raise UserError(f"cannot parse command-line overrides {overrides}: {err}") from None
     where = f"{path} or the command-line overrides"
-    extra = cli.pop("extends", [])           # extends=<file>: merged after the experiment, before key=value
-    overlays = [read_yaml(overlay_path(name)) for name in ([extra] if isinstance(extra, str) else extra)]
+    files = [f for entry in files for f in ([entry] if isinstance(entry, str) else entry)]
+    overlays = [read_yaml(overlay_path(f)) for f in files]
     cfg = merge_checked(OmegaConf.structured(ExperimentConfig), read_yaml(path), *overlays, cli, where=where)
     if cfg.name == "unnamed":
         cfg.name = path.stem
