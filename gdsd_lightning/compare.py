@@ -1,7 +1,7 @@
 """`python -m gdsd_lightning compare`: every RL method x seeds on one tiny task, one table.
 
     for each method with an experiment <method>_tiny_<task>, for each seed:
-        load it with the shared RL budget (_base/rl_tiny.yaml) merged over it
+        load it with the shared optimiser schedule (_base/rl_tiny_schedule.yaml) merged over it
         reuse a finished run with the same resolved config, or train one
         evaluate its final model and its best-by-val checkpoint on the test split (greedy)
     -> <out>/<task>/runs.csv      one row per (method, seed)
@@ -30,9 +30,9 @@ from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root
 
 METHOD_ORDER = ["gdsd", "gdsd_tlc", "diffu_grpo", "wd1", "spg", "espo", "dmpo", "dopsd"]
 NOT_COMPARED = ("run_name", "resume")      # keys that name a run rather than define it
-# Merged over every compared experiment: the same rollouts, optimiser, schedule and steps for all methods,
-# whatever an experiment sets for its own runs (gdsd_tiny_sudoku, `make train`'s demo, trains longer).
-SHARED_BUDGET = "extends=_base/rl_tiny.yaml"
+# Merged over every compared experiment: the same optimiser, schedule and steps for all methods, whatever an
+# experiment sets for its own runs (gdsd_tiny_sudoku, `make train`'s demo, trains longer at a larger lr).
+SHARED_SCHEDULE = "extends=_base/rl_tiny_schedule.yaml"
 SMOOTHING = 25                             # rollouts in the moving average of the reward plot
 NOTES = """Columns: test accuracy (greedy) of the final model and of the best-by-val checkpoint, mean and
 std over seeds; `reward_auc` = mean rollout reward over training; `best_step_mean` = optimiser step
@@ -268,7 +268,7 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
             overrides: list[str] | None = None) -> Path:
     """Train (or reuse) and evaluate every method x seed; write the table and plots; returns the output dir."""
     command = f"python -m gdsd_lightning compare --task {task} --seeds {seeds}" + "".join(f" {o}" for o in overrides or [])
-    overrides = [SHARED_BUDGET, *(overrides or [])]
+    overrides = [SHARED_SCHEDULE, *(overrides or [])]
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     experiments = experiments_for(task, methods)

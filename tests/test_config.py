@@ -75,17 +75,19 @@ def test_command_line_extends_merges_a_file_before_the_overrides():
         load_experiment("gdsd_llada_math", ["extends=nope.yaml"])
 
 
-def test_compare_gives_every_method_the_shared_budget_whatever_the_experiment_sets():
-    from gdsd_lightning.compare import SHARED_BUDGET
+def test_compare_gives_every_method_the_shared_schedule_and_keeps_each_methods_own_settings():
+    from gdsd_lightning.compare import SHARED_SCHEDULE
 
     demo = load_experiment("gdsd_tiny_sudoku")                     # `make train`'s own, longer schedule
     assert demo.trainer.max_steps == 600 and demo.optim.scheduler == "cosine"
-    compared = {m: load_experiment(f"{m}_tiny_sudoku", [SHARED_BUDGET, "extends=_base/cpu_smoke.yaml"])
-                for m in ("gdsd", "diffu_grpo", "spg")}
-    budgets = {m: (c.optim, c.rollout, c.trainer, c.method.num_iterations) for m, c in compared.items()}
-    assert budgets["gdsd"] == budgets["diffu_grpo"] == budgets["spg"]
+    compared = {m: load_experiment(f"{m}_tiny_sudoku", [SHARED_SCHEDULE, "extends=_base/cpu_smoke.yaml"])
+                for m in ("gdsd", "diffu_grpo", "spg", "dopsd")}
+    schedules = {m: (c.optim, c.trainer.max_steps) for m, c in compared.items()}
+    assert schedules["gdsd"] == schedules["diffu_grpo"] == schedules["spg"] == schedules["dopsd"]
     assert compared["gdsd"].optim.lr == 1e-4 and compared["gdsd"].trainer.max_steps == 24  # later overlay wins
     assert compared["gdsd"].method.beta == demo.method.beta                 # the method's own settings stay
+    dopsd = compared["dopsd"].rollout                                       # and so does its rollout recipe
+    assert (dopsd.num_generations, dopsd.temperature, dopsd.passk) == (4, 0.9, 2)
 
 
 def test_chat_prompts_need_a_tokenizer_with_a_chat_template():
