@@ -7,10 +7,17 @@ import zlib
 import pytest
 import torch
 
+from gdsd_lightning.cli import quiet_libraries
 from gdsd_lightning.models import DiffusionLM
 from gdsd_lightning.models.families import FAMILIES, build_tiny_model
 from gdsd_lightning.models.tokenizer import build_char_tokenizer
 from gdsd_lightning.tasks.sudoku import Sudoku
+
+
+@pytest.fixture(autouse=True)
+def cli_warning_filters():
+    """The CLI's warning filters (tests call train() directly); per test, as pytest resets them."""
+    quiet_libraries()
 
 
 def make_tiny(family: str = "tiny-llada", seed: int = 0, hidden: int = 32, layers: int = 2) -> DiffusionLM:
