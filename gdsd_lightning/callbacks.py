@@ -46,7 +46,8 @@ class RolloutStatistics(L.Callback):
         stats = {
             "rollout/reward_mean": rollout.rewards.mean(),
             "rollout/reward_std": rollout.rewards.std(),
-            "rollout/zero_std_group_fraction": (grouped.std(dim=1, correction=0) < 1e-8).float().mean(),  # a group of one has no spread
+            # correction=0: a group of one has no spread (not NaN)
+            "rollout/zero_std_group_fraction": (grouped.std(dim=1, correction=0) < 1e-8).float().mean(),
             "rollout/completion_length": rollout.lengths.mean(),
             "rollout/entropy": rollout.entropy.mean(),
         }

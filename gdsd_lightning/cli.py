@@ -34,7 +34,8 @@ def quiet_libraries() -> None:
     # directory never has one (resuming is explicit: resume=...), so its two warnings say nothing.
     warnings.filterwarnings("ignore", r".*\.fit\(ckpt_path=None\)` was called without a model.*")
     warnings.filterwarnings("ignore", r".*there is no last checkpoint available.*")
-    warnings.filterwarnings("ignore", r".*Checkpoint directory .* exists and is not empty.*")  # resume continues its run
+    # a resumed run writes on into its own checkpoint directory
+    warnings.filterwarnings("ignore", r".*Checkpoint directory .* exists and is not empty.*")
     # data.ResumableShuffle starts a resumed run at its next batch, which Lightning cannot see
     warnings.filterwarnings("ignore", r".*your dataloader is not resumable.*")
     import transformers

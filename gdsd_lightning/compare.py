@@ -267,8 +267,9 @@ def markdown_table(rows: list[dict]) -> str:
 def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = "results",
             overrides: list[str] | None = None) -> Path:
     """Train (or reuse) and evaluate every method x seed; write the table and plots; returns the output dir."""
-    command = f"python -m gdsd_lightning compare --task {task} --seeds {seeds}" + "".join(f" {o}" for o in overrides or [])
-    overrides = [SHARED_SCHEDULE, *(overrides or [])]
+    user_overrides = list(overrides or [])
+    command = " ".join(["python -m gdsd_lightning compare", f"--task {task} --seeds {seeds}", *user_overrides])
+    overrides = [SHARED_SCHEDULE, *user_overrides]
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     experiments = experiments_for(task, methods)

@@ -204,12 +204,12 @@ def load_experiment(name: str, overrides: list[str] | None = None) -> DictConfig
     path = experiment_path(name)
     overrides = list(overrides or [])
     try:                                     # extends=<file> (repeatable): merged in order after the experiment
-        files = [OmegaConf.from_dotlist([o]).extends for o in overrides if o.startswith("extends=")]
+        entries = [OmegaConf.from_dotlist([o]).extends for o in overrides if o.startswith("extends=")]
         cli = OmegaConf.from_dotlist([o for o in overrides if not o.startswith("extends=")])
     except Exception as err:
         raise UserError(f"cannot parse command-line overrides {overrides}: {err}") from None
     where = f"{path} or the command-line overrides"
-    files = [f for entry in files for f in ([entry] if isinstance(entry, str) else entry)]
+    files = [f for entry in entries for f in ([entry] if isinstance(entry, str) else entry)]   # a=x or a=[x,y]
     overlays = [read_yaml(overlay_path(f)) for f in files]
     cfg = merge_checked(OmegaConf.structured(ExperimentConfig), read_yaml(path), *overlays, cli, where=where)
     if cfg.name == "unnamed":
