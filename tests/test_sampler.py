@@ -3,7 +3,7 @@ import torch
 
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion.sampler import (block_sample, dream_sample, proposal_logits, split_evenly, start_sequence,
-                                             top_k_mask)
+                                             top_k_mask, uniform_at)
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from tests.conftest import make_tiny
@@ -20,6 +20,13 @@ def test_top_k_mask_selects_k_highest_per_row():
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.3, -torch.inf, 0.2, 0.8]])
     mask = top_k_mask(scores, torch.tensor([2, 1]))
     assert mask.tolist() == [[False, True, False, True], [False, False, False, True]]
+
+
+def test_uniform_at_gives_a_column_the_same_draws_whichever_columns_are_kept():
+    every = uniform_at(torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]]), (2, 4, 3), generator_for(0), torch.float64)
+    some = uniform_at(torch.tensor([[2], [0]]), (2, 4, 3), generator_for(0), torch.float64)
+    assert some.shape == (2, 1, 3) and every.dtype == torch.float64
+    assert torch.equal(some[0, 0], every[0, 2]) and torch.equal(some[1, 0], every[1, 0])
 
 
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
@@ -53,6 +60,20 @@ def test_sampler_never_touches_the_prompt(tiny_llada, monkeypatch):
     monkeypatch.setattr(DiffusionLM, "hidden_at", spy)
     block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature=1.0, generator=generator_for(1))
     assert len(seen) == 4 and all(torch.equal(s, ids) for s in seen)
+
+
+@pytest.mark.parametrize("kv_cache", [False, True])
+def test_the_lm_head_sees_only_the_blocks_still_masked_positions(tiny_llada, monkeypatch, kv_cache):
+    ids, mask = tiny_llada.encode_prompts(PROMPTS)
+    head, widths = tiny_llada.head, []
+
+    def spy(hidden):
+        widths.append(hidden.shape[1])
+        return head(hidden)
+
+    monkeypatch.setattr(type(tiny_llada), "head", property(lambda self: spy))
+    block_sample(tiny_llada, ids, mask, 12, 6, 6, temperature=1.0, generator=generator_for(1), kv_cache=kv_cache)
+    assert widths == [6, 4, 2, 6, 4, 2]                    # 2 tokens per step in blocks of 6
 
 
 def test_greedy_sampling_is_deterministic_and_ignores_the_generator(tiny_llada):
@@ -155,14 +176,17 @@ def test_window_logits_with_a_cache_equal_the_full_forward_while_the_tokens_are_
     x[:, ids.shape[1]:ids.shape[1] + 4] = model.tokenizer.convert_tokens_to_ids("7")   # a decoded first block
     start, end = ids.shape[1] + 4, ids.shape[1] + 8
     full = model(x, attention)[:, start:end]
-    first, cache = model.window_logits(x, attention, start, end)
+    window = torch.arange(start, end).expand(len(PROMPTS), -1)
+    first, cache = model.window_logits(x, attention, start, end, window)
     assert cache.get_seq_length() == x.shape[1] - 4                  # everything but the window
     torch.testing.assert_close(first, full, rtol=1e-5, atol=1e-5)
-    again, same_cache = model.window_logits(x, attention, start, end, cache)
+    some = torch.tensor([[end - 1, start], [start + 2, start + 2]])   # the head at chosen positions only
+    again, same_cache = model.window_logits(x, attention, start, end, some, cache)
     assert same_cache is cache and cache.get_seq_length() == x.shape[1] - 4
-    torch.testing.assert_close(again, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, full.gather(1, (some - start).unsqueeze(-1).expand(-1, -1, full.shape[-1])),
+                               rtol=1e-5, atol=1e-5)
     x[:, start] = model.tokenizer.convert_tokens_to_ids("3")         # a commit inside the window
-    changed, _ = model.window_logits(x, attention, start, end, cache)
+    changed, _ = model.window_logits(x, attention, start, end, window, cache)
     assert not torch.allclose(changed, full)
 
 

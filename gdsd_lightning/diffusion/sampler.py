@@ -66,13 +66,24 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(-1)
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Sample argmax(logits / tau + Gumbel) with the noise in float64; plain argmax at tau = 0."""
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                  uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample argmax(logits / tau + Gumbel) with the noise in float64; plain argmax at tau = 0.
+    `uniform`: the float64 uniform draws behind the noise, if not drawn here from `generator`."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    if uniform is None:
+        uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
     return (logits.double() / temperature + gumbel).argmax(dim=-1)
+
+
+def uniform_at(slots: torch.Tensor, shape: tuple[int, ...], generator: torch.Generator | None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform draws of `shape` (B, n, ...) kept at the columns `slots` (B, k) of dimension 1: a
+    column gets the same draws whichever other columns are kept."""
+    draws = torch.rand(shape, generator=generator, device=slots.device, dtype=dtype)
+    return draws.gather(1, slots.reshape(*slots.shape, *[1] * (len(shape) - 2)).expand(-1, -1, *shape[2:]))
 
 
 @torch.no_grad()
@@ -87,7 +98,10 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     steps/num_blocks steps each. Per step: x0 = Gumbel-max sample at temperature tau (argmax at
     0); confidence = softmax probability of x0 (`low_confidence`) or uniform noise (`random`);
     the most confident still-masked positions of the current block are committed, as many as the
-    block's masked count split evenly over its steps (remainder to the earliest steps).
+    block's masked count split evenly over its steps (remainder to the earliest steps). Only the
+    block's still-masked positions get logits (padded to the row with most of them); the random
+    draws are made for the whole block, so a seed samples the same tokens however many positions
+    are computed.
 
     Fast mode (`threshold` set, low_confidence only): every other masked position of the block
     whose proposal has probability above `threshold` is committed too, and a block that holds no
@@ -113,7 +127,6 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     entropy_sum = torch.zeros(x.shape[0], device=device)
     for block in range(num_blocks):
         start, end = prompt_len + block * block_length, prompt_len + (block + 1) * block_length
-        positions = torch.arange(start, end, device=device).expand(x.shape[0], -1)
         schedule = split_evenly((x[:, start:end] == model.mask_id).sum(1), steps_per_block)
         for step in range(steps_per_block):
             current = x[:, start:end]
@@ -123,26 +136,31 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             if record_states:
                 out.states.append(x[:, prompt_len:].clone())
                 out.state_blocks.append(block)
+            # the block's masked columns first, in order; as many columns as the row with most masks
+            slots = masked.byte().argsort(dim=1, descending=True, stable=True)[:, :int(masked.sum(1).max())]
+            open_slots = masked.gather(1, slots)
             if kv_cache:
                 refresh = step % (kv_refresh_every or steps_per_block) == 0
-                logits, cache = model.window_logits(x, attention, start, end, None if refresh else cache)
+                logits, cache = model.window_logits(x, attention, start, end, start + slots, None if refresh else cache)
             else:
-                logits = model.logits_at(x, attention, positions)
-            logits = without_mask(model, logits)                          # (B, block_length, V)
+                logits = model.logits_at(x, attention, start + slots)
+            logits = without_mask(model, logits)                          # (B, slots, V)
             out.forwards += 1
-            proposal = gumbel_argmax(logits, temperature, generator)
+            block_shape = (x.shape[0], block_length)
+            proposal = gumbel_argmax(logits, temperature, generator, None if temperature <= 0 else
+                                     uniform_at(slots, (*block_shape, logits.shape[-1]), generator, torch.float64))
             if remasking == "low_confidence":   # the reference's arithmetic, so near-ties rank the same way
                 confidence = logits.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
             elif remasking == "random":
-                confidence = torch.rand(proposal.shape, generator=generator, device=device)
+                confidence = uniform_at(slots, block_shape, generator)
             else:
                 raise ValueError(f"unknown remasking {remasking!r}; use low_confidence or random")
-            confidence = torch.where(masked, confidence, torch.full_like(confidence, -torch.inf))
+            confidence = torch.where(open_slots, confidence, torch.full_like(confidence, -torch.inf))
             commit = top_k_mask(confidence, schedule[:, step])
             if threshold is not None:           # the schedule may ask for more masks than are left
-                commit = (commit | (confidence > threshold)) & masked
+                commit = (commit | (confidence > threshold)) & open_slots
             entropy_sum.index_add_(0, commit.nonzero()[:, 0], entropy(logits[commit]))   # committed positions only
-            x[:, start:end] = torch.where(commit, proposal, current)
+            x[:, start:end] = current.scatter(1, slots, torch.where(commit, proposal, current.gather(1, slots)))
     out.completions = x[:, prompt_len:]
     out.entropy = entropy_sum / gen_length
     return out

@@ -75,14 +75,15 @@ class DiffusionLM(nn.Module):
         return self.head(self.hidden_at(input_ids, attention_mask, positions))
 
     def window_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int, end: int,
-                      cache: Cache | None = None) -> tuple[torch.Tensor, Cache]:
-        """Denoiser logits (B, end - start, V) for tokens start..end-1, with the keys and values of
-        every other position cached (Fast-dLLM's dual cache; families with `kv_cache` only).
+                      positions: torch.Tensor, cache: Cache | None = None) -> tuple[torch.Tensor, Cache]:
+        """Denoiser logits (B, k, V) at `positions` (B, k), each inside the window start..end-1,
+        with the keys and values of every position outside the window cached (Fast-dLLM's dual
+        cache; families with `kv_cache` only). The whole window runs; the LM head sees `positions` only.
 
         Without `cache`: one forward over the whole sequence, reordered as [outside ; window] with
         each token keeping its own position id (bidirectional attention does not see the order),
-        exactly forward(...)[:, start:end]; returns the logits and the outside positions' keys and
-        values. With `cache`: only the window's tokens are run, attending to the cached outside,
+        exactly forward(...) gathered at `positions`; returns the logits and the outside positions'
+        keys and values. With `cache`: only the window's tokens are run, attending to the cached outside,
         which is left as it was. Not exact once the window's tokens differ from the cached call's:
         the outside's keys and values do not see the change. The window is shifted by one for a
         family whose position l-1 predicts token l."""
@@ -95,16 +96,18 @@ class DiffusionLM(nn.Module):
         outside = torch.cat([torch.arange(0, start - shift, device=input_ids.device),
                              torch.arange(end - shift, length, device=input_ids.device)])
         order = torch.cat([outside, window])
-        positions = order.unsqueeze(0).expand(input_ids.shape[0], -1)
+        position_ids = order.unsqueeze(0).expand(input_ids.shape[0], -1)
         backbone = self.transformer.base_model
         if cache is None:
             out = backbone(input_ids=input_ids[:, order], attention_mask=attention_mask[:, order],
-                           position_ids=positions, use_cache=True)
+                           position_ids=position_ids, use_cache=True)
         else:
             out = backbone(input_ids=input_ids[:, window], attention_mask=attention_mask[:, order],
-                           position_ids=positions[:, len(outside):], past_key_values=cache, use_cache=True)
+                           position_ids=position_ids[:, len(outside):], past_key_values=cache, use_cache=True)
         out.past_key_values.crop(-len(window))        # drop the window's own keys and values again
-        return self.head(out.last_hidden_state[:, -len(window):]), out.past_key_values
+        hidden = out.last_hidden_state[:, -len(window):]   # index j predicts token start + j
+        hidden = hidden.gather(1, (positions - start).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return self.head(hidden), out.past_key_values
 
     @property
     def device(self) -> torch.device:
