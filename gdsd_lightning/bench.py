@@ -16,6 +16,12 @@
                bases (skipped when not trained) the naive loop, the exact schedule and each fast
                variant on the same test prompts: time and greedy accuracy.
 
+    MFU        (CUDA only) a ~1B-parameter stand-in of LLaDA's shape in bf16: the loss pass (completion
+               log-probs, forward + backward) and the exact sampler at batch 64, generation 256,
+               block 32: time, tokens/s and model FLOPs utilisation = model FLOPs / time / the GPU's
+               dense bf16 peak (PEAK_TFLOPS by device name, or --peak-tflops). Model FLOPs are
+               counted analytically (`forward_flops`), so recomputation does not count.
+
 Writes <out>/summary.json and <out>/bench.md. Peak memory on CPU is the growth of the process's
 resident-set high-water mark, measured in a fresh process per measurement; on CUDA it is
 torch.cuda.max_memory_allocated.
@@ -55,16 +61,24 @@ SAMPLER_MODES = {"exact": {}, "threshold_0.9": dict(threshold=FAST_THRESHOLD), "
                  "threshold_0.5": dict(threshold=0.5), "kv_cache": dict(kv_cache=True),
                  "kv_cache_refresh_2": dict(kv_cache=True, kv_refresh_every=2),
                  "fast": dict(threshold=FAST_THRESHOLD, kv_cache=True)}
+# the MFU section: a ~1B stand-in (LLaDA-8B's vocabulary, 1.08B parameters besides the input embedding),
+# its loss pass and the issue's sampler setting (eval protocol: steps = gen / 2)
+SCALE_MODEL = dict(hidden=2048, layers=16, heads=16, intermediate=5632, vocab=126_464)
+SCALE_LOSS = dict(rows=8, prompt=256, gen=256)
+SCALE_SAMPLER = dict(batch=64, prompt=128, gen=256, block=32, steps=128)
+QUICK_SCALE = dict(loss=dict(rows=2), sampler=dict(batch=16, gen=64, steps=32))
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0}   # dense bf16; first name in the device's
 LOSS_BATCH = dict(rows=64, prompt=17, gen=16)
 MEMORY_CASE = dict(hidden=64, layers=2, vocab=LARGE_VOCAB, rows=8, prompt=64, gen=64)
 
 
-def stand_in(hidden: int, layers: int, vocab: int | None, device: str, seed: int = 0) -> DiffusionLM:
+def stand_in(hidden: int, layers: int, vocab: int | None, device: str, seed: int = 0, heads: int = 4,
+             intermediate: int | None = None) -> DiffusionLM:
     """A tiny-llada network (random weights) with the character tokenizer; `vocab` enlarges the
     embedding and LM head beyond the tokenizer (ids above it are simply never fed in)."""
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(FAMILIES["tiny-llada"], vocab or len(tokenizer), hidden, layers, 4, 4 * hidden, 512,
-                             tokenizer.pad_token_id, seed)
+    model = build_tiny_model(FAMILIES["tiny-llada"], vocab or len(tokenizer), hidden, layers, heads,
+                             intermediate or 4 * hidden, 512, tokenizer.pad_token_id, seed)
     return DiffusionLM(model, tokenizer, FAMILIES["tiny-llada"]).to(device).eval()
 
 
@@ -256,6 +270,68 @@ def measure_memory(kind: str, device: str) -> dict:
     return result
 
 
+def forward_flops(config, rows: int, length: int, head_positions: int) -> int:
+    """Model FLOPs of one forward of a Llama-style model over `rows` sequences of `length` tokens,
+    with the LM head at `head_positions` positions per row:
+
+        per token and layer   2 (h (2 n_q + 2 n_kv) d + 3 h m)   the projections and the MLP
+                            + 4 length n_q d                      scores and weighted sum (bidirectional)
+        per head position     2 h V
+
+    (h hidden, m MLP width, n_q / n_kv query / key-value heads of width d, V vocabulary). A
+    backward pass costs twice a forward."""
+    h, n_q, n_kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    d = getattr(config, "head_dim", None) or h // n_q
+    per_token_layer = 2 * (h * (2 * n_q + 2 * n_kv) * d + 3 * h * config.intermediate_size) + 4 * length * n_q * d
+    return rows * (length * config.num_hidden_layers * per_token_layer + head_positions * 2 * h * config.vocab_size)
+
+
+def sampler_flops(config, batch: int, prompt: int, gen: int, block: int, steps: int) -> int:
+    """Model FLOPs of the exact block sampler: the whole sequence at every step, the LM head at the
+    block's still-masked positions (block, block - k_0, block - k_0 - k_1, ... for the schedule k)."""
+    per_step = split_evenly(torch.tensor([block]), steps // (gen // block))[0]
+    still_masked = block - per_step.cumsum(0) + per_step
+    return (gen // block) * sum(forward_flops(config, batch, prompt + gen, int(n)) for n in still_masked)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named `device_name`, if PEAK_TFLOPS knows it."""
+    return next((tflops for name, tflops in PEAK_TFLOPS.items() if name in device_name), None)
+
+
+def bench_scale(device: str, peak: float | None, model_shape: dict, loss: dict, sampler: dict,
+                dtype: torch.dtype, repeats: int) -> dict:
+    """Loss-pass and sampler time, achieved TFLOP/s and MFU (None without a known peak) of a stand-in."""
+    model = stand_in(model_shape["hidden"], model_shape["layers"], model_shape["vocab"], device,
+                     heads=model_shape["heads"], intermediate=model_shape["intermediate"]).to(dtype)
+    config = model.transformer.config
+    ids, mask = random_prompts(loss["rows"], loss["prompt"], device)
+    completion = torch.randint(10, 90, (loss["rows"], loss["gen"]), generator=generator_for(5)).to(device)
+    masked = torch.rand(loss["rows"], loss["gen"], generator=generator_for(6)).to(device) < 0.5
+    model.train()
+
+    def loss_pass():
+        completion_logprobs(model, ids, mask, completion, masked).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    loss_s, _ = timed(loss_pass, repeats)
+    model.eval()
+    ids, mask = random_prompts(sampler["batch"], sampler["prompt"], device)
+    args = (sampler["gen"], sampler["block"], sampler["steps"])
+    sample_s, _ = timed(lambda: block_sample(model, ids, mask, *args), repeats)
+
+    def rates(flops: int, seconds: float) -> dict:             # 4 significant digits
+        tflops = flops / seconds / 1e12
+        return {"seconds": float(f"{seconds:.4g}"), "tflops_per_s": float(f"{tflops:.4g}"),
+                "mfu": None if peak is None else float(f"{tflops / peak:.4g}")}
+
+    loss_flops = 3 * forward_flops(config, loss["rows"], loss["prompt"] + loss["gen"], loss["gen"])
+    return {"parameters": sum(p.numel() for p in model.parameters()), "dtype": str(dtype), "peak_tflops": peak,
+            "loss_pass": {"setting": loss, **rates(loss_flops, loss_s)},
+            "sampler": {"setting": sampler, "tokens_per_s": round(sampler["batch"] * sampler["gen"] / sample_s, 1),
+                        **rates(sampler_flops(config, sampler["batch"], sampler["prompt"], *args), sample_s)}}
+
+
 def markdown(summary: dict) -> str:
     lines = ["# make bench", "", f"device: {summary['device']}; quick: {summary['quick']}", "",
              "| sampler case | ours tokens/s | naive tokens/s | speed-up | greedy outputs identical "
@@ -284,10 +360,22 @@ def markdown(summary: dict) -> str:
     lines += ["", f"Completion log-probs at V = {LARGE_VOCAB}: peak memory ours {mem['ours']['peak_bytes'] / 2**20:.0f} MiB, "
               f"full-vocabulary {mem['full_vocabulary']['peak_bytes'] / 2**20:.0f} MiB "
               f"(ratio {summary['loss_peak_mem_ratio']})."]
+    scale = summary["scale"]
+    if scale is None:
+        lines += ["", "MFU: measured with --device cuda only."]
+    else:
+        loss, sampler = scale["loss_pass"], scale["sampler"]
+        lines += ["", f"~1B stand-in ({scale['parameters'] / 1e9:.2f}B parameters, {scale['dtype']}, "
+                  f"peak {scale['peak_tflops']} TFLOP/s):", "", "| pass | setting | time (s) | TFLOP/s | MFU | tokens/s |",
+                  "|---|---|---|---|---|---|",
+                  f"| loss (forward + backward) | {loss['setting']} | {loss['seconds']} | {loss['tflops_per_s']} "
+                  f"| {loss['mfu']} | |",
+                  f"| exact sampler | {sampler['setting']} | {sampler['seconds']} | {sampler['tflops_per_s']} "
+                  f"| {sampler['mfu']} | {sampler['tokens_per_s']} |"]
     return "\n".join(lines) + "\n"
 
 
-def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench") -> dict:
+def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench", peak: float | None = None) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         from gdsd_lightning.errors import UserError
 
@@ -306,6 +394,15 @@ def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench") 
     measured = [r for r in trained.values() if r is not None]
     print(f"[bench] loss-pass peak memory at V = {LARGE_VOCAB}", flush=True)
     memory = {"ours": measure_memory("ours", device), "full_vocabulary": measure_memory("full", device)}
+    scale = None
+    if device == "cuda":
+        peak = peak or peak_tflops(torch.cuda.get_device_name())
+        print(f"[bench] MFU of a ~1B stand-in (peak {peak or 'unknown: pass --peak-tflops'} TFLOP/s)", flush=True)
+        loss, sampler_setting = dict(SCALE_LOSS), dict(SCALE_SAMPLER)
+        if quick:
+            loss.update(QUICK_SCALE["loss"])
+            sampler_setting.update(QUICK_SCALE["sampler"])
+        scale = bench_scale(device, peak, SCALE_MODEL, loss, sampler_setting, torch.bfloat16, repeats)
     summary = {
         "device": device, "quick": quick,
         "sampler_speedup_exact": sampler["large_vocab"]["speedup"],
@@ -316,7 +413,9 @@ def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench") 
         "fast_mode_accuracy_delta": max((r["fast"]["accuracy_delta_points"] for r in measured), key=abs, default=None),
         "trained_bases": trained,
         "loss_peak_mem_ratio": round(memory["ours"]["peak_bytes"] / max(1, memory["full_vocabulary"]["peak_bytes"]), 3),
-        "sampler": sampler, "loss_step": losses, "loss_memory": memory,
+        "loss_pass_mfu": scale and scale["loss_pass"]["mfu"], "sampler_mfu": scale and scale["sampler"]["mfu"],
+        "sampler_tokens_per_s_1b": scale and scale["sampler"]["tokens_per_s"],
+        "sampler": sampler, "loss_step": losses, "loss_memory": memory, "scale": scale,
     }
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@
     eval EXP [--ckpt P] [--data F] [--out D] [k=v]    greedy evaluation on the test split or F
     compare [--task T] [--seeds N] [--methods a,b] [--out results] [k=v]
                                                       every RL method x seeds: table and plots
-    bench [--quick] [--device cpu|cuda] [--out D]     sampler and loss-pass speed and memory
+    bench [--quick] [--device cpu|cuda] [--out D] [--peak-tflops F]
+                                                      sampler / loss-pass speed and memory; MFU on CUDA
     make-data [--out data]                            regenerate the frozen task splits
 """
 
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     p_bench.add_argument("--quick", action="store_true", help="smaller settings, about a minute on 2 CPU cores")
     p_bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p_bench.add_argument("--out", default="results/bench")
+    p_bench.add_argument("--peak-tflops", type=float, default=None,
+                         help="the GPU's dense bf16 peak for MFU, if its name is not in bench.PEAK_TFLOPS")
     p_data = sub.add_parser("make-data", help="regenerate the frozen sudoku/countdown splits")
     p_data.add_argument("--out", default="data")
     sub.add_parser("list", help="list the experiments")
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "bench":
             from gdsd_lightning.bench import bench
 
-            bench(args.quick, args.device, args.out)
+            bench(args.quick, args.device, args.out, args.peak_tflops)
         elif args.command == "make-data":
             from gdsd_lightning.tasks.splits import GENERATED_TASKS, write_splits
 

@@ -1,0 +1,48 @@
+"""The bench's FLOP accounting (its MFU figures) against torch's own count, and its MFU section on the CPU."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from gdsd_lightning.bench import bench_scale, forward_flops, sampler_flops, stand_in
+from gdsd_lightning.diffusion.sampler import block_sample
+
+
+def counted_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_forward_flops_equal_torchs_count_for_a_model_with_grouped_query_attention():
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 50, (3, 7))
+    with torch.no_grad():
+        assert counted_flops(lambda: model(ids)) == forward_flops(config, rows=3, length=7, head_positions=7)
+
+
+def test_sampler_flops_equal_torchs_count_of_the_exact_sampler():
+    model = stand_in(32, 2, 200, "cpu")
+    model.transformer.set_attn_implementation("eager")   # torch counts no fused CPU attention kernel
+    ids, mask = torch.randint(10, 90, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    counted = counted_flops(lambda: block_sample(model, ids, mask, gen_length=8, block_length=4, steps=6))
+    assert counted == sampler_flops(model.transformer.config, batch=2, prompt=5, gen=8, block=4, steps=6)
+
+
+def test_mfu_section_reports_time_rates_and_mfu_against_the_peak():
+    shape = dict(hidden=32, layers=2, heads=4, intermediate=64, vocab=300)
+    loss, sampler = dict(rows=2, prompt=6, gen=8), dict(batch=2, prompt=6, gen=8, block=4, steps=4)
+    result = bench_scale("cpu", 0.5, shape, loss, sampler, torch.float32, repeats=1)
+    assert result["parameters"] == sum(p.numel() for p in stand_in(32, 2, 300, "cpu", heads=4, intermediate=64).parameters())
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4)
+    flops = {"loss_pass": 3 * forward_flops(config, rows=2, length=14, head_positions=8),
+             "sampler": sampler_flops(config, batch=2, prompt=6, gen=8, block=4, steps=4)}
+    for part, part_flops in flops.items():
+        r = result[part]
+        assert r["tflops_per_s"] == pytest.approx(part_flops / r["seconds"] / 1e12, rel=2e-3)
+        assert r["mfu"] == pytest.approx(r["tflops_per_s"] / 0.5, rel=2e-3)
+    assert result["sampler"]["tokens_per_s"] == pytest.approx(16 / result["sampler"]["seconds"], rel=2e-3)
