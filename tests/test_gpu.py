@@ -1,5 +1,6 @@
 """GPU only (skipped without CUDA; never run in CI): a few FSDP2 bf16 steps of GDSD on a
-~100M-parameter tiny-llada stand-in, on every visible GPU. Prints step time and peak memory.
+~100M-parameter tiny-llada stand-in, on every visible GPU (prints step time and peak memory), and
+the bench's MFU section at its --quick size.
 
     .venv/bin/python -m pytest -m gpu -s tests/test_gpu.py
 """
@@ -40,3 +41,14 @@ def test_fsdp_bf16_gdsd_steps_on_a_100m_stand_in(tmp_path):
     assert all(v == v for v in losses), "non-finite loss"
     print(f"\n[gpu] {devices} GPU(s), FSDP2 bf16, ~85M parameters: {summary['wall_time_s'] / summary['steps']:.2f} s "
           f"per optimiser step (rollout included, wall time / steps), peak memory {peak:.2f} GiB per GPU")
+
+
+def test_bench_mfu_section_on_the_gpu():
+    from gdsd_lightning.bench import QUICK_SCALE, SCALE_LOSS, SCALE_MODEL, SCALE_SAMPLER, bench_scale, peak_tflops
+
+    peak = peak_tflops(torch.cuda.get_device_name()) or 100.0
+    result = bench_scale("cuda", peak, SCALE_MODEL, {**SCALE_LOSS, **QUICK_SCALE["loss"]},
+                         {**SCALE_SAMPLER, **QUICK_SCALE["sampler"]}, torch.bfloat16, repeats=1)
+    print(result)
+    assert 0.9e9 < result["parameters"] < 1.5e9
+    assert 0 < result["loss_pass"]["mfu"] < 1 and 0 < result["sampler"]["mfu"] < 1
