@@ -1,4 +1,4 @@
-"""`python -m gdsd_lightning bench [--quick] [--device cpu|cuda] [--out results/bench]`.
+"""`python -m gdsd_lightning bench [--quick] [--device cpu|cuda] [--out results/bench] [--peak-tflops F]`.
 
     sampler    our exact block sampler against a naive reference loop with the published LLaDA
                structure (full-sequence logits at every step, a full-vocabulary softmax over every
@@ -7,15 +7,14 @@
                on the tiny experiment model, on a large-vocabulary stand-in (V = 128k, LLaDA's
                126k) where the LM head and the softmax dominate, and on a deeper, wider stand-in
                with a small vocabulary where the transformer layers dominate, as they do at 8B.
-    loss pass  forward + backward time of every objective at equal batch on the tiny model, and
-               peak memory of our completion log-probs against the straightforward full-vocabulary
+    loss pass  forward + backward time and peak memory of every objective at equal batch on the
+               tiny model, and peak memory of our completion log-probs against the straightforward full-vocabulary
                computation at V = 128k (`loss_peak_mem_ratio`).
     fast mode  threshold decoding (also commit every proposal above FAST_THRESHOLD) and the KV cache
                (within a block, run only the block against cached keys/values of the rest): speed
                against the naive loop on the cases above, and on the trained tiny sudoku / countdown
                bases (skipped when not trained) the naive loop, the exact schedule and each fast
                variant on the same test prompts: time and greedy accuracy.
-
     MFU        (CUDA only) a ~1B-parameter stand-in of LLaDA's shape in bf16: the loss pass (completion
                log-probs, forward + backward) and the exact sampler at batch 64, generation 256,
                block 32: time, tokens/s and model FLOPs utilisation = model FLOPs / time / the GPU's
@@ -30,8 +29,10 @@ torch.cuda.max_memory_allocated.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -180,61 +181,81 @@ def bench_trained_base(task_name: str, base: str, device: str, limit: int | None
     return result
 
 
-def bench_losses(device: str, repeats: int) -> dict:
-    """Forward + backward time of one micro-batch loss per objective at equal batch (tiny model)."""
+def objective_step(method: str, device: str) -> Callable[[], None]:
+    """One micro-batch loss step (forward + backward) of `method` at LOSS_BATCH on the tiny model."""
     from gdsd_lightning.config import load_experiment
-    from gdsd_lightning.objectives import OBJECTIVES, RL_METHODS
+    from gdsd_lightning.objectives import OBJECTIVES
     from gdsd_lightning.objectives.base import RolloutBatch
 
     model = stand_in(64, 4, None, device).train()
     rows, gen = LOSS_BATCH["rows"], LOSS_BATCH["gen"]
     ids, mask = random_prompts(rows, LOSS_BATCH["prompt"], device)
     completions = torch.randint(5, 15, (rows, gen), generator=generator_for(2)).to(device)
+    cfg = load_experiment(f"{method}_tiny_sudoku", ["method.gate_min_reward=null"] if method == "dopsd" else [])
+    objective = OBJECTIVES[method](cfg.method, gen)
+    batch = RolloutBatch(ids, mask, completions, torch.ones_like(completions, dtype=torch.bool),
+                         torch.rand(rows, generator=generator_for(3)).to(device), torch.randn(rows).to(device),
+                         seed=0, group_size=8, correct=torch.ones(rows, dtype=torch.bool, device=device))
+    if objective.record_states:
+        out = block_sample(model, ids, mask, gen, cfg.sampler.block_length, cfg.sampler.steps, 0.9,
+                           generator=generator_for(4), record_states=True)
+        batch.completions = out.completions
+        batch.extras.update(states=torch.stack(out.states, 1),
+                            state_blocks=torch.tensor(out.state_blocks, device=device).expand(rows, -1))
+    batch = objective.prepare(model, model, batch)
+
+    def step():
+        loss, _ = objective.loss(model, batch, 0)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_losses(device: str, repeats: int) -> dict:
+    """Time and peak memory of one micro-batch loss step per objective at equal batch (tiny model)."""
+    from gdsd_lightning.objectives import RL_METHODS
+
     results = {}
     for method in RL_METHODS:
-        cfg = load_experiment(f"{method}_tiny_sudoku", ["method.gate_min_reward=null"] if method == "dopsd" else [])
-        objective = OBJECTIVES[method](cfg.method, gen)
-        batch = RolloutBatch(ids, mask, completions, torch.ones_like(completions, dtype=torch.bool),
-                             torch.rand(rows, generator=generator_for(3)).to(device), torch.randn(rows).to(device),
-                             seed=0, group_size=8, correct=torch.ones(rows, dtype=torch.bool, device=device))
-        if objective.record_states:
-            out = block_sample(model, ids, mask, gen, cfg.sampler.block_length, cfg.sampler.steps, 0.9,
-                               generator=generator_for(4), record_states=True)
-            batch.completions = out.completions
-            batch.extras.update(states=torch.stack(out.states, 1),
-                                state_blocks=torch.tensor(out.state_blocks, device=device).expand(rows, -1))
-        batch = objective.prepare(model, model, batch)
-
-        def step():
-            loss, _ = objective.loss(model, batch, 0)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        seconds, _ = timed(step, repeats)
-        results[method] = {"loss_step_ms": round(1000 * seconds, 1)}
+        seconds, _ = timed(objective_step(method, device), repeats)
+        peak = measure_memory(method, device)["peak_bytes"]
+        results[method] = {"loss_step_ms": round(1000 * seconds, 1), "peak_mib": round(peak / 2**20, 1)}
     return results
 
 
-def _memory_worker(kind: str, device: str, queue) -> None:
-    """Peak memory growth of one forward + backward of completion log-probs (run in a fresh process)."""
+def completion_logprobs_step(kind: str, device: str) -> Callable[[], None]:
+    """Forward + backward of the completion log-probs at MEMORY_CASE (V = 128k): ours, or the
+    straightforward whole-sequence float32 logits, full log-softmax and gather (`full`)."""
     c = MEMORY_CASE
     model = stand_in(c["hidden"], c["layers"], c["vocab"], device).train()
     ids, mask = random_prompts(c["rows"], c["prompt"], device)
     completion = torch.randint(5, 90, (c["rows"], c["gen"]), generator=generator_for(5)).to(device)
     masked = torch.rand(c["rows"], c["gen"], generator=generator_for(6)).to(device) < 0.5
+
+    def step():
+        if kind == "ours":
+            logp = completion_logprobs(model, ids, mask, completion, masked)
+        else:
+            noisy = torch.where(masked, model.mask_id, completion)
+            logits = model(*with_prompt(ids, mask, noisy)).float()
+            logp = logits.log_softmax(-1)[:, ids.shape[1]:].gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        logp.sum().backward()
+
+    return step
+
+
+def _memory_worker(kind: str, device: str, queue) -> None:
+    """Peak memory growth of one step (run in a fresh process): `ours` / `full` completion
+    log-probs at V = 128k, or an objective's loss step."""
+    step = completion_logprobs_step(kind, device) if kind in ("ours", "full") else objective_step(kind, device)
     reset_peak_rss()
     rss_before = current_rss_bytes()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     start = time.perf_counter()
-    if kind == "ours":
-        logp = completion_logprobs(model, ids, mask, completion, masked)
-    else:  # the whole sequence's logits in float32, a full log-softmax, then the gather
-        noisy = torch.where(masked, model.mask_id, completion)
-        logits = model(*with_prompt(ids, mask, noisy)).float()
-        logp = logits.log_softmax(-1)[:, ids.shape[1]:].gather(-1, completion.unsqueeze(-1)).squeeze(-1)
-    logp.sum().backward()
+    step()
     seconds = time.perf_counter() - start
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
@@ -264,10 +285,22 @@ def measure_memory(kind: str, device: str) -> dict:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     process = ctx.Process(target=_memory_worker, args=(kind, device, queue))
-    process.start()
-    result = queue.get(timeout=600)
-    process.join()
-    return result
+    # glibc hands every block of 64 KiB or more back to the system when it is freed: resident memory
+    # then follows live memory (the default adaptive threshold left +-20% noise between runs)
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        process.start()                      # the worker takes the environment at its start
+    finally:
+        if previous is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_")
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
+    process.join()                           # the result is a small dict: the queue never blocks the worker
+    if process.exitcode != 0:
+        raise RuntimeError(f"the memory measurement {kind!r} failed in its worker process (exit code "
+                           f"{process.exitcode}; its traceback is above)")
+    return queue.get()
 
 
 def forward_flops(config, rows: int, length: int, head_positions: int) -> int:
@@ -354,8 +387,9 @@ def markdown(summary: dict) -> str:
                 cells.append(f"{r[mode]['accuracy']} in {r[mode]['seconds']} s: {r[mode]['speedup_over_naive']}x, "
                              f"{r[mode]['accuracy_delta_points']:+} pts")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    lines += ["", "| objective | loss step (ms) |", "|---|---|"]
-    lines += [f"| {m} | {r['loss_step_ms']} |" for m, r in summary["loss_step"].items()]
+    lines += ["", f"Loss step per objective, {LOSS_BATCH['rows']} rows (peak: growth in one fresh process):", "",
+              "| objective | loss step (ms) | peak memory (MiB) |", "|---|---|---|"]
+    lines += [f"| {m} | {r['loss_step_ms']} | {r['peak_mib']} |" for m, r in summary["loss_step"].items()]
     mem = summary["loss_memory"]
     lines += ["", f"Completion log-probs at V = {LARGE_VOCAB}: peak memory ours {mem['ours']['peak_bytes'] / 2**20:.0f} MiB, "
               f"full-vocabulary {mem['full_vocabulary']['peak_bytes'] / 2**20:.0f} MiB "
