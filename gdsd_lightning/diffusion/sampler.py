@@ -125,6 +125,7 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     steps_per_block = steps // num_blocks
     out = SampleOutput(completions=x[:, prompt_len:])
     entropy_sum = torch.zeros(x.shape[0], device=device)
+    block_shape = (x.shape[0], block_length)
     for block in range(num_blocks):
         start, end = prompt_len + block * block_length, prompt_len + (block + 1) * block_length
         schedule = split_evenly((x[:, start:end] == model.mask_id).sum(1), steps_per_block)
@@ -146,7 +147,6 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
                 logits = model.logits_at(x, attention, start + slots)
             logits = without_mask(model, logits)                          # (B, slots, V)
             out.forwards += 1
-            block_shape = (x.shape[0], block_length)
             proposal = gumbel_argmax(logits, temperature, generator, None if temperature <= 0 else
                                      uniform_at(slots, (*block_shape, logits.shape[-1]), generator, torch.float64))
             if remasking == "low_confidence":   # the reference's arithmetic, so near-ties rank the same way
