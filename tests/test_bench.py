@@ -1,12 +1,18 @@
-"""The bench's FLOP accounting (its MFU figures) against torch's own count, and its MFU section on the CPU."""
+"""The bench's FLOP accounting (its MFU figures) against torch's own count, its MFU section on the
+CPU, and (slow) `bench --quick` end to end."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gdsd_lightning.bench import bench_scale, forward_flops, sampler_flops, stand_in
+from gdsd_lightning.bench import SAMPLER_MODES, bench_scale, forward_flops, sampler_flops, stand_in
 from gdsd_lightning.diffusion.sampler import block_sample
+from gdsd_lightning.objectives import RL_METHODS
 
 
 def counted_flops(fn) -> int:
@@ -46,3 +52,22 @@ def test_mfu_section_reports_time_rates_and_mfu_against_the_peak():
         assert r["tflops_per_s"] == pytest.approx(part_flops / r["seconds"] / 1e12, rel=2e-3)
         assert r["mfu"] == pytest.approx(r["tflops_per_s"] / 0.5, rel=2e-3)
     assert result["sampler"]["tokens_per_s"] == pytest.approx(16 / result["sampler"]["seconds"], rel=2e-3)
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_its_summary_and_table(tmp_path):
+    """The command as users run it; the trained bases' section only where `make train` has made them."""
+    out = tmp_path / "bench"
+    subprocess.run([sys.executable, "-m", "gdsd_lightning", "bench", "--quick", "--out", str(out)], cwd=tmp_path,
+                   check=True, timeout=600)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outputs_identical"] and all(case["outputs_identical"] for case in summary["sampler"].values())
+    assert set(summary["loss_step"]) == set(RL_METHODS)
+    assert all(r["loss_step_ms"] > 0 and r["peak_mib"] > 0 for r in summary["loss_step"].values())
+    assert summary["loss_peak_mem_ratio"] <= 0.5
+    for modes in filter(None, summary["trained_bases"].values()):
+        assert modes["exact"]["accuracy"] == modes["naive"]["accuracy"] and set(modes) == {"naive", *SAMPLER_MODES}
+    assert summary["scale"] is None
+    table = (out / "bench.md").read_text()
+    assert f"{summary['sampler']['large_vocab']['speedup']}x" in table
+    assert f"(ratio {summary['loss_peak_mem_ratio']})" in table
