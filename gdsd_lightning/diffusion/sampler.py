@@ -83,7 +83,7 @@ def uniform_at(slots: torch.Tensor, shape: tuple[int, ...], generator: torch.Gen
     """Uniform draws of `shape` (B, n, ...) kept at the columns `slots` (B, k) of dimension 1: a
     column gets the same draws whichever other columns are kept."""
     draws = torch.rand(shape, generator=generator, device=slots.device, dtype=dtype)
-    return draws.gather(1, slots.reshape(*slots.shape, *[1] * (len(shape) - 2)).expand(-1, -1, *shape[2:]))
+    return torch.take_along_dim(draws, slots.reshape(*slots.shape, *[1] * (len(shape) - 2)), dim=1)
 
 
 @torch.no_grad()

@@ -61,7 +61,7 @@ class DiffusionLM(nn.Module):
             hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask,
                                       output_hidden_states=True).hidden_states[-1]
         source = (positions - 1 if self.family.shift_logits else positions).clamp(min=0)
-        return hidden.gather(1, source.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return torch.take_along_dim(hidden, source.unsqueeze(-1), dim=1)
 
     @property
     def head(self) -> nn.Module:
@@ -106,7 +106,7 @@ class DiffusionLM(nn.Module):
                            position_ids=position_ids[:, len(outside):], past_key_values=cache, use_cache=True)
         out.past_key_values.crop(-len(window))        # drop the window's own keys and values again
         hidden = out.last_hidden_state[:, -len(window):]   # index j predicts token start + j
-        hidden = hidden.gather(1, (positions - start).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        hidden = torch.take_along_dim(hidden, (positions - start).unsqueeze(-1), dim=1)
         return self.head(hidden), out.past_key_values
 
     @property

@@ -140,7 +140,7 @@ class DOPSD(Objective):
         still_masked = flat_states.gather(1, block_cols) == policy.mask_id
         confidence = logits.softmax(-1).amax(-1).masked_fill(~still_masked, -1.0)   # decoded positions last
         order = confidence.topk(per_step, dim=1).indices                          # (S, k) block offsets
-        picked_logits = logits.gather(1, order.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))   # (S, k, V)
+        picked_logits = torch.take_along_dim(logits, order.unsqueeze(-1), dim=1)                 # (S, k, V)
         top = picked_logits.topk(min(self.cfg.top_k_vocab, picked_logits.shape[-1]), dim=-1)
         usable = (still_masked.sum(1) >= per_step) & batch.valid.repeat_interleave(num_states, 0).gather(
             1, (flat_blocks * block_length).unsqueeze(1)).squeeze(1)
