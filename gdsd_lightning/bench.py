@@ -224,14 +224,15 @@ def bench_losses(device: str, repeats: int) -> dict:
     return results
 
 
-def completion_logprobs_step(kind: str, device: str) -> Callable[[], None]:
-    """Forward + backward of the completion log-probs at MEMORY_CASE (V = 128k): ours, or the
-    straightforward whole-sequence float32 logits, full log-softmax and gather (`full`)."""
-    c = MEMORY_CASE
-    model = stand_in(c["hidden"], c["layers"], c["vocab"], device).train()
-    ids, mask = random_prompts(c["rows"], c["prompt"], device)
-    completion = torch.randint(5, 90, (c["rows"], c["gen"]), generator=generator_for(5)).to(device)
-    masked = torch.rand(c["rows"], c["gen"], generator=generator_for(6)).to(device) < 0.5
+def completion_logprobs_step(kind: str, model: DiffusionLM, rows: int, prompt: int, gen: int) -> Callable[[], None]:
+    """Forward + backward of the completion log-probs of `rows` random prompts and half-masked
+    completions: ours, or the straightforward whole-sequence float32 logits, full log-softmax and
+    gather (`full`)."""
+    device = model.device
+    ids, mask = random_prompts(rows, prompt, device)
+    completion = torch.randint(5, 90, (rows, gen), generator=generator_for(5)).to(device)
+    masked = torch.rand(rows, gen, generator=generator_for(6)).to(device) < 0.5
+    model.train()
 
     def step():
         if kind == "ours":
@@ -241,6 +242,7 @@ def completion_logprobs_step(kind: str, device: str) -> Callable[[], None]:
             logits = model(*with_prompt(ids, mask, noisy)).float()
             logp = logits.log_softmax(-1)[:, ids.shape[1]:].gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         logp.sum().backward()
+        model.zero_grad(set_to_none=True)
 
     return step
 
@@ -248,7 +250,12 @@ def completion_logprobs_step(kind: str, device: str) -> Callable[[], None]:
 def _memory_worker(kind: str, device: str, queue) -> None:
     """Peak memory growth of one step (run in a fresh process): `ours` / `full` completion
     log-probs at V = 128k, or an objective's loss step."""
-    step = completion_logprobs_step(kind, device) if kind in ("ours", "full") else objective_step(kind, device)
+    if kind in ("ours", "full"):
+        c = MEMORY_CASE
+        step = completion_logprobs_step(kind, stand_in(c["hidden"], c["layers"], c["vocab"], device),
+                                        c["rows"], c["prompt"], c["gen"])
+    else:
+        step = objective_step(kind, device)
     reset_peak_rss()
     rss_before = current_rss_bytes()
     if device == "cuda":
@@ -338,16 +345,7 @@ def bench_scale(device: str, peak: float | None, model_shape: dict, loss: dict, 
     model = stand_in(model_shape["hidden"], model_shape["layers"], model_shape["vocab"], device,
                      heads=model_shape["heads"], intermediate=model_shape["intermediate"]).to(dtype)
     config = model.transformer.config
-    ids, mask = random_prompts(loss["rows"], loss["prompt"], device)
-    completion = torch.randint(10, 90, (loss["rows"], loss["gen"]), generator=generator_for(5)).to(device)
-    masked = torch.rand(loss["rows"], loss["gen"], generator=generator_for(6)).to(device) < 0.5
-    model.train()
-
-    def loss_pass():
-        completion_logprobs(model, ids, mask, completion, masked).sum().backward()
-        model.zero_grad(set_to_none=True)
-
-    loss_s, _ = timed(loss_pass, repeats)
+    loss_s, _ = timed(completion_logprobs_step("ours", model, loss["rows"], loss["prompt"], loss["gen"]), repeats)
     model.eval()
     ids, mask = random_prompts(sampler["batch"], sampler["prompt"], device)
     args = (sampler["gen"], sampler["block"], sampler["steps"])
