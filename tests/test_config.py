@@ -99,3 +99,20 @@ def test_chat_prompts_need_a_tokenizer_with_a_chat_template():
     with pytest.raises(UserError, match="has no chat template"):
         prompt_texts(get_task("gsm8k"), [{"question": "1+1?", "answer": "#### 2"}], "chat",
                      SimpleNamespace(chat_template=None))
+
+
+def test_configuration_doc_names_every_key():
+    """docs/configuration.md is the reference of every key: a key added to a config dataclass
+    (sections or objectives) without a row there fails here."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    from gdsd_lightning.config import PROJECT_ROOT, ExperimentConfig
+    from gdsd_lightning.objectives import OBJECTIVES
+
+    doc = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
+    factories = [f.default_factory for f in fields(ExperimentConfig) if f.default_factory is not MISSING]
+    sections = [ExperimentConfig] + [factory() for factory in factories if is_dataclass(factory())]
+    keys = {f.name for section in sections for f in fields(section)}
+    keys |= {f.name for objective in OBJECTIVES.values() for f in fields(objective.Config)}
+    missing = sorted(key for key in keys if f"`{key}`" not in doc)
+    assert not missing, f"docs/configuration.md does not name these config keys: {missing}"
