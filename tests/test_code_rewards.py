@@ -109,3 +109,33 @@ def test_humaneval_canonical_solutions_pass_all_164():
     failed = [p["task_id"] for p in problems if not task.is_correct(task.target(p), p)]
     print(f"164 canonical HumanEval solutions judged in {time.monotonic() - start:.1f} s")
     assert failed == []
+
+
+def test_the_fraction_of_rollout_completions_caught_by_a_check_reaches_tensorboard(tmp_path, monkeypatch):
+    """A task whose first quarter of rollout completions an integrity check catches: every rollout
+    logs rollout/integrity/not_plain = 2 / 8 (2 prompts x 4 generations)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gdsd_lightning import module
+    from gdsd_lightning.cli import train
+    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.tasks.sudoku import Sudoku
+    from tests.conftest import rl_overrides
+
+    names = ("solve_rate", "integrity/not_plain")
+    monkeypatch.setattr(Sudoku, "extra_metric_names", names)
+    monkeypatch.setattr(Sudoku, "extra_metrics", lambda self, completion, example: dict.fromkeys(names, 0.0))
+    scored = module.score
+
+    def caught_first_quarter(task, completions, examples):
+        records = scored(task, completions, examples)
+        for i, record in enumerate(records):
+            record["integrity/not_plain"] = float(i < len(records) // 4)
+        return records
+
+    monkeypatch.setattr(module, "score", caught_first_quarter)
+    run_dir = train(load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 2, run_name="signal")))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    caught = [e.value for e in events.Scalars("rollout/integrity/not_plain")]
+    assert caught and all(abs(v - 0.25) < 1e-6 for v in caught), caught
