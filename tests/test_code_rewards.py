@@ -139,3 +139,10 @@ def test_the_fraction_of_rollout_completions_caught_by_a_check_reaches_tensorboa
     events.Reload()
     caught = [e.value for e in events.Scalars("rollout/integrity/not_plain")]
     assert caught and all(abs(v - 0.25) < 1e-6 for v in caught), caught
+
+
+def test_an_mbpp_function_named_like_a_builtin_is_the_candidates(mbpp):
+    task = get_task("mbpp")
+    row = {**mbpp[0], "code": "def max(a, b):\n    return a - b", "test_list": ["assert max(5, 3) == 2"]}
+    assert task.is_correct(f"```python\n{row['code']}\n```", row)                      # builtin max(5, 3) is 5
+    assert not task.is_correct("```python\ndef max(a, b):\n    return 0\n```", row)

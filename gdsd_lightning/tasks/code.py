@@ -164,5 +164,17 @@ class MBPP(CodeTask):
         return fenced(example["code"])
 
     def judge(self, program: str, example: dict) -> Verdict:
+        """The asserts run by the judge; the names the reference solution defines are always the
+        candidate's (also one named like a builtin, as in the release's shared namespace)."""
         setup = example["test_setup_code"]
-        return run_tests(program, example["test_list"], self.limits, context=setup, setup=setup)
+        return run_tests(program, example["test_list"], self.limits, context=setup,
+                         candidate_names=defined_names(example.get("code", "")), setup=setup)
+
+
+def defined_names(source: str) -> tuple[str, ...]:
+    """The functions and classes that `source` defines at its top level (none if it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    return tuple(node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)))
