@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.tasks import get_task
 from gdsd_lightning.tasks.code import CODE_SYSTEM_PROMPT, code_block, code_format
 from gdsd_lightning.tasks.sandbox import run_tests
@@ -146,3 +147,16 @@ def test_an_mbpp_function_named_like_a_builtin_is_the_candidates(mbpp):
     row = {**mbpp[0], "code": "def max(a, b):\n    return a - b", "test_list": ["assert max(5, 3) == 2"]}
     assert task.is_correct(f"```python\n{row['code']}\n```", row)                      # builtin max(5, 3) is 5
     assert not task.is_correct("```python\ndef max(a, b):\n    return 0\n```", row)
+
+
+@pytest.mark.slow
+def test_mbpp_canonical_solutions_pass_on_the_500_test_problems():
+    """Needs the hub data (google-research-datasets/mbpp, or its `datasets` cache); skipped without."""
+    task = get_task("mbpp")
+    try:
+        rows = task.load_hub("test")
+    except UserError as error:
+        pytest.skip(str(error))
+    failed = [row["task_id"] for row in rows if not task.is_correct(task.target(row), row)]
+    print(f"MBPP test: {len(rows) - len(failed)} / {len(rows)} canonical solutions pass; failed: {failed}")
+    assert len(rows) == 500 and len(failed) <= 1
