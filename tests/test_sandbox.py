@@ -71,7 +71,7 @@ def test_a_correct_solution_passes(problem):
 def test_hostile_completion_is_incorrect_and_bounded(problem, name, body):
     result, seconds = verdict(problem, body)
     assert result.passed == [False], name
-    assert seconds < LIMITS.test_timeout_s + 3, f"{name} took {seconds:.1f}s"
+    assert seconds < LIMITS.test_timeout_s + 5, f"{name} took {seconds:.1f}s"
     assert survivors("runner.py") == []
 
 
@@ -137,10 +137,10 @@ def test_each_test_has_its_own_limit_and_the_run_a_whole_limit():
     slow = "import time\ndef f():\n    time.sleep(30)\n    return 1\n"
     start = time.monotonic()
     result = run_tests(slow, ["assert f() == 1"] * 3, Limits(timeout_s=10, test_timeout_s=0.5))
-    assert result.outcomes == ["timeout"] * 3 and time.monotonic() - start < 6    # 3 x 0.5 s, not 3 x 30 s
+    assert result.outcomes == ["timeout"] * 3 and time.monotonic() - start < 10   # 3 x 0.5 s, not 3 x 30 s
     start = time.monotonic()
     result = run_tests(slow, ["assert f() == 1"] * 20, Limits(timeout_s=1.5, test_timeout_s=1.0))
-    assert not any(result.passed) and time.monotonic() - start < 1.5 + 3            # the whole run's limit
+    assert not any(result.passed) and time.monotonic() - start < 1.5 + 5            # the whole run's limit
     fast = run_tests("def f():\n    return 1\n", ["assert f() == 1"] * 3, Limits(test_timeout_s=1.0))
     assert fast.passed == [True] * 3
 
@@ -197,7 +197,7 @@ def test_reward_hacks_are_incorrect_and_named(problems, entry, code, check):
     assert result.passed == [False], code
     fired = {name for name, on in result.checks.items() if on}
     assert fired == ({check} if check else set()), (result.outcomes, result.details)
-    assert seconds < LIMITS.test_timeout_s + 3
+    assert seconds < LIMITS.test_timeout_s + 5
 
 
 def test_a_caught_integrity_failure_cannot_be_swallowed_by_the_test():

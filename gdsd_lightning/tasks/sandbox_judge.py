@@ -293,6 +293,9 @@ def run_tests(request: dict) -> dict:
         files["setup.py"] = request["setup"]
     results, checks = [], set()
     for test in request["tests"]:
+        if time.monotonic() >= deadline:
+            results.append({"passed": False, "outcome": "timeout", "detail": "the run's time was spent", "seconds": 0.0})
+            continue
         result = run_test(request, files, test, deadline)
         results.append(result)
         checks |= result.pop("checks")
