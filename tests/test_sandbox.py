@@ -207,12 +207,15 @@ def test_a_caught_integrity_failure_cannot_be_swallowed_by_the_test():
     assert result.outcomes == ["not_plain"] and result.checks["not_plain"]
 
 
-def test_plain_answers_of_the_stdlib_pass_and_a_class_the_test_builds_is_a_handle():
+def test_plain_answers_of_the_stdlib_and_plain_subclasses_pass_and_a_class_the_test_builds_is_a_handle():
     program = ("import collections\ndef count(xs):\n    return collections.Counter(xs)\n"
+               "Point = collections.namedtuple('Point', 'x y')\ndef point():\n    return Point(1, 2)\n"
+               "class Meters(float):\n    pass\ndef length():\n    return Meters(2.5)\n"
                "def evens(xs):\n    return map(lambda x: 2 * x, xs)\n"
                "class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
                "def total(pairs):\n    return sum(p.a + p.b for p in pairs)\n")
     tests = ["assert count('aab') == {'a': 2, 'b': 1}", "assert list(evens([1, 2])) == [2, 4]",
-             "assert total([Pair(1, 2), Pair(3, 4)]) == 10", "assert Pair(1, 2) == Pair(1, 2)"]
+             "assert total([Pair(1, 2), Pair(3, 4)]) == 10", "assert point() == (1, 2) and length() == 2.5",
+             "assert Pair(1, 2) == Pair(1, 2)"]
     result = run_tests(program, tests)
-    assert result.passed == [True, True, True, False] and result.outcomes[3] == "not_plain"
+    assert result.passed == [True, True, True, True, False] and result.outcomes[4] == "not_plain"

@@ -20,10 +20,17 @@ import sys
 import types
 
 PLAIN_SCALARS = (int, float, complex, str, bytes, bool, type(None))
+CONTAINERS = (list, tuple, set, frozenset)
 AS_DICT = (collections.Counter, collections.OrderedDict, collections.defaultdict)
 ITERATORS = (map, filter, zip, enumerate, reversed, types.GeneratorType, type(iter([])), type(iter(())),
              type(iter(range(0))), type(iter({})), type(iter({}.values())), type(iter({}.items())), type(iter(set())),
              type(iter("")))
+# A subclass of a plain type that defines one of these tries to change how the test compares it.
+COMPARING = frozenset("__eq__ __ne__ __lt__ __le__ __gt__ __ge__ __bool__ __len__ __hash__ __abs__ __neg__ __round__ "
+                      "__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ __floordiv__ "
+                      "__mod__ __pow__ __float__ __int__ __index__ __complex__".split())
+AS_BASE = {int: int.__int__, float: float.__float__, complex: complex.__complex__, str: str.__str__,
+           bytes: bytes.__bytes__}
 
 
 class NotPlain(Exception):
@@ -31,20 +38,29 @@ class NotPlain(Exception):
 
 
 def plain(value, depth: int = 0):
-    """`value` as plain data: the stdlib's dict types become dicts and iterators tuples (as the test
-    would have iterated them); anything else that is not plain raises NotPlain."""
+    """`value` as plain data, as the test would have compared it: the stdlib's dict types become
+    dicts, iterators tuples, and a subclass of a plain type that changes no comparison, truth or
+    arithmetic method (a namedtuple, `class A(int): pass`) its base type, read from the base's
+    own storage. Anything else raises NotPlain."""
     if depth > 200:
         raise NotPlain("a too deeply nested value")
     kind = type(value)
     if kind in PLAIN_SCALARS:
         return value
-    if kind in (list, tuple, set, frozenset):
+    if kind in CONTAINERS:
         return kind(plain(item, depth + 1) for item in value)
     if kind is dict or kind in AS_DICT:
-        return {plain(k, depth + 1): plain(v, depth + 1) for k, v in value.items()}
+        return {plain(k, depth + 1): plain(v, depth + 1) for k, v in dict.items(value)}
     if kind in ITERATORS:
         return tuple(plain(item, depth + 1) for item in value)
-    raise NotPlain(kind.__name__)
+    base = next((b for b in (*AS_BASE, *CONTAINERS, dict) if isinstance(value, b)), None)
+    if base is None or any(name in vars(cls) for cls in kind.__mro__[:kind.__mro__.index(base)] for name in COMPARING):
+        raise NotPlain(kind.__name__)
+    if base in AS_BASE:
+        return AS_BASE[base](value)
+    if base is dict:
+        return {plain(k, depth + 1): plain(v, depth + 1) for k, v in dict.items(value)}
+    return base(plain(item, depth + 1) for item in base.__iter__(value))
 
 
 class Server:
