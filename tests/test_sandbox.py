@@ -11,7 +11,7 @@ import pytest
 
 from gdsd_lightning.tasks import get_task
 from gdsd_lightning.tasks.code import CodeTask
-from gdsd_lightning.tasks.sandbox import Limits, isolation, run_python, run_tests
+from gdsd_lightning.tasks.sandbox import CHECKS, Limits, isolation, run_python, run_tests
 
 needs_namespaces = pytest.mark.skipif(not isolation().namespaces,
                                       reason="no user namespaces here: filesystem and network are not isolated")
@@ -52,7 +52,7 @@ FINE = "def has_close_elements(numbers, threshold):\n    return any(abs(a - b) <
 
 def test_a_correct_solution_passes(problem):
     result, _ = verdict(problem, FINE)
-    assert result.passed == [True] and not any(result.checks.values())
+    assert result.passed == [True] and list(result.checks) == list(CHECKS) and not any(result.checks.values())
     assert HUMANEVAL.score(f"Here it is:\n```python\n{FINE}```", problem)["reward"] == 2.0
 
 

@@ -92,7 +92,7 @@ def run_tests(program: str, tests: list[str], limits: Limits = Limits(), context
     the sandbox (MBPP's test_setup_code; also tried as context)."""
     request = {"mode": "tests", "program": program, "tests": list(tests), "context": context,
                "candidate_names": list(candidate_names), "setup": setup, "runner_source": RUNNER_SOURCE}
-    verdict = judge(request, limits, isolation())
+    verdict = run_judge(request, limits, isolation())
     if "tests" not in verdict:
         reason = verdict["error"]
         return Verdict([False] * len(tests), ["judge error"] * len(tests), [reason] * len(tests),
@@ -108,14 +108,14 @@ def run_python(source: str, limits: Limits = Limits()) -> Execution:
 
 
 def script(source: str, limits: Limits, mode: "Isolation") -> Execution:
-    verdict = judge({"mode": "script", "program": source}, limits, mode)
+    verdict = run_judge({"mode": "script", "program": source}, limits, mode)
     if "outcome" not in verdict:
         return Execution(False, "judge error", "", verdict["error"], 0.0)
     return Execution(verdict["outcome"] == "finished", verdict["outcome"], verdict["stdout"], verdict["stderr"],
                      verdict["seconds"])
 
 
-def judge(request: dict, limits: Limits, mode: "Isolation") -> dict:
+def run_judge(request: dict, limits: Limits, mode: "Isolation") -> dict:
     """Start the judge with `request`, wait at most the run's limit, kill everything it left."""
     request = {**request, "limits": asdict(limits), "isolation": asdict(mode), "setup_source": SETUP_SOURCE}
     with tempfile.TemporaryFile() as err:
