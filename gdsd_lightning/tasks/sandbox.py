@@ -95,9 +95,14 @@ def run_tests(program: str, tests: list[str], limits: Limits = Limits(), context
     verdict = run_judge(request, limits, isolation())
     if "tests" not in verdict:
         reason = verdict["error"]
+        print(f"[sandbox] judge error, every test scored as failed: {reason}", file=sys.stderr, flush=True)
         return Verdict([False] * len(tests), ["judge error"] * len(tests), [reason] * len(tests),
                        dict.fromkeys(CHECKS, False))
     results = verdict["tests"]
+    for result in results:
+        if result["outcome"] == "sandbox error":     # ours, not the candidate's: say so
+            print(f"[sandbox] a sandbox did not start, its test scored as failed: {result['detail']}",
+                  file=sys.stderr, flush=True)
     return Verdict([r["passed"] for r in results], [r["outcome"] for r in results],
                    [r["detail"] for r in results], verdict["checks"])
 
