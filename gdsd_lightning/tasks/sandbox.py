@@ -1,23 +1,27 @@
-"""Run untrusted generated Python (code tasks) so that it can neither hang nor harm the machine.
+"""Run untrusted generated Python (code tasks) so that it can neither hang, harm the machine nor
+forge its verdict.
 
-`run_python(source)` passes when the program runs to its end: every test's assert executed and
-no exception. Protections, in layers (the active ones are logged once, see `protections()`):
+`run_tests(program, tests, ...)` is the verdict the code tasks use: each test runs in the judge
+(sandbox_judge.py), a trusted process the program never runs in; the program runs in a fresh
+sandbox per test and only answers calls, with plain data checked by the judge. No secret exists
+that the code could find and print: a test passes when the judge itself ran it to its end.
+`run_python(source)` runs one script in the sandbox and reports how it ended (exit status,
+output); it is no verdict on tests.
 
-- always: a separate process in its own process group, killed with SIGKILL on a wall-clock
-  timeout; resource limits (address space, CPU seconds, file size, open files, processes, no
-  core dumps); an environment holding only PATH/LANG/HOME; `python -I`; a private work dir
-  removed afterwards; stdout/stderr go to files capped by the file-size limit; a secret marker
-  printed after the program's last line, so `sys.exit(0)` / `os._exit(0)` before the tests ran
-  is a failure, not a pass;
+Protections of the sandbox, in layers (the active ones are logged once, see `isolation()`):
+- always: a separate process, killed with SIGKILL on a wall-clock timeout (per test:
+  `Limits.test_timeout_s`; per run: `Limits.timeout_s`); resource limits (address space, CPU
+  seconds, file size, open files, processes, no core dumps); an environment holding only
+  PATH/LANG/HOME; `python -I`; a private work dir removed afterwards; stdout/stderr discarded
+  (tests) or kept in files capped by the file-size limit (scripts);
 - started as root: the code runs as `nobody` (setpriv), so the process limit binds and files
-  of other users stay out of reach;
+  of other users (the judge's included) stay out of reach;
 - where unprivileged user namespaces work (`unshare`): fresh user, mount, network and PID
   namespaces: no network at all (loopback is down), every mount read-only except a size-limited
-  tmpfs on the work dir, no capabilities, and every process the code started dies with the
-  namespace's first process.
+  tmpfs on the work dir, no capabilities, the judge out of sight, and every process the code
+  started dies with the namespace's first process.
 
-Not covered: code that inspects the runner's own stack frames can find the marker; without
-namespaces a child that calls setsid() escapes the process-group kill.
+Not covered: without namespaces a child that calls setsid() escapes the process-group kill.
 """
 
 from __future__ import annotations
@@ -26,38 +30,27 @@ import functools
 import json
 import os
 import resource
-import secrets
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SETUP_SOURCE = (Path(__file__).with_name("sandbox_setup.py")).read_text()
+HERE = Path(__file__).parent
+JUDGE_SOURCE = (HERE / "sandbox_judge.py").read_text()
+SETUP_SOURCE = (HERE / "sandbox_setup.py").read_text()
+RUNNER_SOURCE = (HERE / "sandbox_runner.py").read_text()
 NOBODY = 65534
-OUTPUT_BYTES = 64 * 1024   # stdout/stderr kept per run
-
-RUNNER_SOURCE = '''\
-import os, sys
-def run():
-    marker = sys.stdin.readline().strip()
-    os.close(0)
-    with open("solution.py") as f:
-        code = compile(f.read(), "solution.py", "exec")
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-    sys.stdout.flush()
-    os.write(1, ("\\n" + marker + "\\n").encode())
-run()
-'''
+CHECKS = ("not_plain", "exited", "base_exception", "protocol", "patched_builtins")   # see sandbox_judge.py
 
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0    # the whole run: every test of one program, or one script
+    test_timeout_s: float = 1.0   # each test, loading the program included (the releases' 1 s)
     memory_mb: int = 1024      # address space per process
     max_processes: int = 16
     max_file_mb: int = 16      # any file the code writes, its stdout and stderr included
@@ -66,68 +59,96 @@ class Limits:
 
 @dataclass(frozen=True)
 class Execution:
-    passed: bool
-    outcome: str               # passed | error | early exit | timeout | killed by <signal>
+    """How one script ended."""
+
+    passed: bool               # it exited with status 0 within the time limit
+    outcome: str               # finished | error | timeout | killed by <signal> | judge error
     stdout: str
     stderr: str
     seconds: float
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """The judge's verdict on one program: per test whether it passed, and how it ended."""
+
+    passed: list[bool]
+    outcomes: list[str]        # passed | failed | timeout | sandbox error | judge error | a check's name
+    details: list[str]
+    checks: dict[str, bool] = field(default_factory=dict)   # which integrity checks fired
+
+    @property
+    def pass_rate(self) -> float:
+        return sum(self.passed) / len(self.passed) if self.passed else 0.0
+
+
+def run_tests(program: str, tests: list[str], limits: Limits = Limits(), context: str = "",
+              candidate_names: tuple[str, ...] = (), setup: str = "") -> Verdict:
+    """Judge `program` against each test (Python source run by the judge).
+
+    context: trusted source run in the judge before each test (HumanEval: the prompt, so the
+    test's helpers are the prompt's, not the completion's); candidate_names: names that always
+    mean the candidate's (HumanEval: the entry point); setup: source run after the program in
+    the sandbox (MBPP's test_setup_code; also tried as context)."""
+    request = {"mode": "tests", "program": program, "tests": list(tests), "context": context,
+               "candidate_names": list(candidate_names), "setup": setup, "runner_source": RUNNER_SOURCE}
+    verdict = run_judge(request, limits, isolation())
+    if "tests" not in verdict:
+        reason = verdict["error"]
+        print(f"[sandbox] judge error, every test scored as failed: {reason}", file=sys.stderr, flush=True)
+        return Verdict([False] * len(tests), ["judge error"] * len(tests), [reason] * len(tests),
+                       dict.fromkeys(CHECKS, False))
+    results = verdict["tests"]
+    for result in results:
+        if result["outcome"] == "sandbox error":     # ours, not the candidate's: say so
+            print(f"[sandbox] a sandbox did not start, its test scored as failed: {result['detail']}",
+                  file=sys.stderr, flush=True)
+    return Verdict([r["passed"] for r in results], [r["outcome"] for r in results],
+                   [r["detail"] for r in results], verdict["checks"])
+
+
 def run_python(source: str, limits: Limits = Limits()) -> Execution:
-    """Run `source` as a script in the sandbox; passed only if it reached its last line."""
-    return execute(source, limits, isolation())
+    """Run `source` as a script in the sandbox; passed if it exited with status 0 in time."""
+    return script(source, limits, isolation())
 
 
-def execute(source: str, limits: Limits, mode: "Isolation") -> Execution:
-    marker = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="gdsd-sandbox-") as scratch:
-        work_dir, logs = Path(scratch, "work"), Path(scratch, "logs")
-        work_dir.mkdir()
-        logs.mkdir()
-        if mode.as_nobody:
-            os.chmod(scratch, 0o711)          # nobody may pass through to its work dir, not list logs
-            os.chown(work_dir, NOBODY, NOBODY)
-        command = [*mode.prefix, mode.python, "-I", "-c", SETUP_SOURCE, "1" if mode.namespaces else "0",
-                   str(work_dir), str(limits.work_dir_mb), str(limits.max_processes),
-                   mode.setpriv or "", mode.python]
-        request = json.dumps({"files": {"solution.py": source, "runner.py": RUNNER_SOURCE}, "marker": marker})
-        start = time.monotonic()
-        with open(logs / "out", "w+b") as out, open(logs / "err", "w+b") as err:
-            process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=scratch, start_new_session=True,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work_dir)},
-                preexec_fn=functools.partial(apply_limits, limits))
-            try:
-                process.stdin.write(request.encode() + b"\n")
-                process.stdin.close()
-            except BrokenPipeError:
-                pass
-            try:
-                process.wait(timeout=limits.timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            kill_group(process.pid)   # also reaps children left behind by a program that ended
-            returncode = process.wait()
-            seconds = time.monotonic() - start
-            stdout, stderr = tail(out), tail(err)
-    finished = marker in stdout
-    if timed_out:
-        outcome = "timeout"
-    elif returncode < 0:
-        outcome = f"killed by {signal.Signals(-returncode).name}"
-    elif returncode != 0:
-        outcome = "error"
-    else:
-        outcome = "passed" if finished else "early exit"
-    return Execution(outcome == "passed", outcome, stdout.replace(marker, ""), stderr, seconds)
+def script(source: str, limits: Limits, mode: "Isolation") -> Execution:
+    verdict = run_judge({"mode": "script", "program": source}, limits, mode)
+    if "outcome" not in verdict:
+        return Execution(False, "judge error", "", verdict["error"], 0.0)
+    return Execution(verdict["outcome"] == "finished", verdict["outcome"], verdict["stdout"], verdict["stderr"],
+                     verdict["seconds"])
 
 
-def apply_limits(limits: Limits) -> None:
-    """preexec_fn: limits inherited by everything the sandbox starts (processes: see setup)."""
-    cpu = int(limits.timeout_s) + 1
-    for which, value in ((resource.RLIMIT_AS, limits.memory_mb << 20), (resource.RLIMIT_CPU, cpu),
-                         (resource.RLIMIT_FSIZE, limits.max_file_mb << 20), (resource.RLIMIT_NOFILE, 64),
+def run_judge(request: dict, limits: Limits, mode: "Isolation") -> dict:
+    """Start the judge with `request`, wait at most the run's limit, kill everything it left."""
+    request = {**request, "limits": asdict(limits), "isolation": asdict(mode), "setup_source": SETUP_SOURCE}
+    with tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", JUDGE_SOURCE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=err, start_new_session=True, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            preexec_fn=functools.partial(judge_limits, limits))
+        try:
+            out, _ = process.communicate(json.dumps(request).encode(), timeout=limits.timeout_s + JUDGE_SLACK_S)
+        except subprocess.TimeoutExpired:
+            out = b""
+        kill_group(process.pid)      # also the sandboxes and whatever their code left behind
+        process.wait()
+        err.seek(0)
+        stderr = err.read()[-2000:].decode("utf-8", "replace")
+    try:
+        return json.loads(out)
+    except ValueError:
+        return {"error": f"the judge gave no verdict (exit {process.returncode}): {stderr.strip()[-500:]}"}
+
+
+JUDGE_SLACK_S = 2.0   # the judge's own start and clean-up, beyond the run's limit
+
+
+def judge_limits(limits: Limits) -> None:
+    """preexec_fn of the judge: it runs only trusted code, but within the run's bounds."""
+    cpu = int(limits.timeout_s + JUDGE_SLACK_S) + 1
+    for which, value in ((resource.RLIMIT_AS, 2 * limits.memory_mb << 20), (resource.RLIMIT_CPU, cpu),
                          (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(which, (value, value))
 
@@ -137,12 +158,6 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def tail(file) -> str:
-    file.seek(0, os.SEEK_END)
-    file.seek(max(0, file.tell() - OUTPUT_BYTES))
-    return file.read().decode("utf-8", "replace")
 
 
 # ---- which protections this machine allows ------------------------------------------------
@@ -156,7 +171,7 @@ class Isolation:
 
     def describe(self) -> str:
         layers = ["own process group + wall-clock kill", "rlimits (memory, cpu, file size, files, processes)",
-                  "scrubbed environment", "early-exit marker"]
+                  "scrubbed environment", "verdicts by a separate judge process"]
         if self.as_nobody:
             layers.append("runs as nobody")
         if self.namespaces:
@@ -184,7 +199,7 @@ def isolation() -> Isolation:
     if unshare and setpriv:
         namespaced = Isolation(python, (*drop, unshare, "--map-root-user", "--net", "--mount", "--pid",
                                         "--fork", "--kill-child", "--"), setpriv, bool(drop), True)
-        if execute("print('ok')", Limits(timeout_s=30), namespaced).passed:
+        if script("print('ok')", Limits(timeout_s=30), namespaced).passed:
             return log(namespaced)
     return log(plain)
 

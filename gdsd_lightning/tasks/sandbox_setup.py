@@ -1,13 +1,14 @@
 """First program inside the code sandbox (see sandbox.py); stdlib only, passed to `python -c`.
 
-argv: isolated (0/1), work dir, work dir size in MiB, max processes, setpriv path, python path.
-stdin: one JSON object {"files": {name: text}, "marker": str}.
+argv: isolated (0/1), work dir, work dir size in MiB, max processes, setpriv path, python path,
+entry (the file to run: runner.py or solution.py).
+stdin: one JSON line {"files": {name: text}}; after it, the judge's channel (or end of input).
 
 When isolated it runs as PID 1 of fresh user, mount, network and PID namespaces and, before the
 untrusted code starts: makes every mount read-only, puts a private size-limited tmpfs on the work
-dir, and execs the runner through `setpriv` with no capabilities (so the code cannot undo the
-mounts). In both modes it writes the files, caps the number of processes, hands the end-of-tests
-marker to the runner through a pipe on stdin (never on disk) and execs `python -I runner.py`.
+dir, and execs the entry through `setpriv` with no capabilities (so the code cannot undo the
+mounts). In both modes it writes the files, caps the number of processes and execs
+`python -I <entry>`, stdin left as it is. No secret is handed on: the verdict is the judge's.
 """
 
 import ctypes
@@ -60,24 +61,19 @@ def isolate_filesystem(work_dir: str, work_dir_mb: int) -> None:
 
 
 def main() -> None:
-    isolated, work_dir, work_dir_mb, max_processes, setpriv, python = sys.argv[1:7]
-    request = json.loads(sys.stdin.readline())
+    isolated, work_dir, work_dir_mb, max_processes, setpriv, python, entry = sys.argv[1:8]
+    request = json.loads(sys.stdin.buffer.readline())
     if isolated == "1":
         isolate_filesystem(work_dir, int(work_dir_mb))
     for name, text in request["files"].items():
         with open(os.path.join(work_dir, name), "w") as f:
             f.write(text)
     os.chdir(work_dir)
-    read_end, write_end = os.pipe()
-    os.write(write_end, (request["marker"] + "\n").encode())
-    os.close(write_end)
-    os.dup2(read_end, 0)
-    os.close(read_end)
     resource.setrlimit(resource.RLIMIT_NPROC, (int(max_processes),) * 2)
-    runner = [python, "-I", "runner.py"]
+    command = [python, "-I", entry]
     if isolated == "1":
-        runner = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", *runner]
-    os.execv(runner[0], runner)
+        command = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", *command]
+    os.execv(command[0], command)
 
 
 main()
