@@ -78,7 +78,9 @@ class RolloutConfig:
     prompts_per_step: int = 8              # prompts per rollout batch (per rank)
     num_generations: int = 8               # G completions per prompt
     temperature: float = 1.0               # sampling temperature during training rollouts
-    passk: int = 1                         # attempts per row until the task verifies it correct
+    passk: int = 1                         # attempts per row (d-OPSD's pass@k)
+    passk_keep: str = "first_correct"      # first_correct: stop at a correct attempt, else keep the last |
+                                           # best_reward: run all attempts, keep the best (ties: the later)
 
 
 @dataclass
@@ -254,6 +256,8 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
     if cfg.rollout.passk < 1:
         problems.append(f"rollout.passk must be at least 1, got {cfg.rollout.passk}")
+    if cfg.rollout.passk_keep not in ("first_correct", "best_reward"):
+        problems.append(f"rollout.passk_keep must be 'first_correct' or 'best_reward', got {cfg.rollout.passk_keep!r}")
     if cfg.optim.scheduler not in ("constant", "cosine"):
         problems.append(f"optim.scheduler must be 'constant' or 'cosine', got {cfg.optim.scheduler!r}")
     mu = cfg.method.get("num_iterations", 1)
