@@ -71,6 +71,8 @@ class SamplerConfig:
                                            # tokens against cached keys/values of the rest (approximate)
     kv_refresh_every: Optional[int] = None # with kv_cache: also rebuild the cache every n steps of a block
                                            # (fresher keys, fewer cached steps); None: once per block
+    gumbel_dtype: str = "float64"          # block sampler's Gumbel noise: float64 | model (the upstream
+                                           # trainers: the logits' dtype, bf16 for the real models)
 
 
 @dataclass
@@ -241,6 +243,8 @@ def check_combinations(cfg: DictConfig) -> None:
     problems = []
     if s.kind not in ("block", "dream"):
         problems.append(f"sampler.kind must be 'block' or 'dream', got {s.kind!r}")
+    if s.gumbel_dtype not in ("float64", "model"):
+        problems.append(f"sampler.gumbel_dtype must be 'float64' or 'model', got {s.gumbel_dtype!r}")
     if s.gen_length % s.block_length:
         problems.append(f"sampler.block_length ({s.block_length}) must divide sampler.gen_length ({s.gen_length})")
     elif s.steps % (s.gen_length // s.block_length):
