@@ -113,6 +113,9 @@ class DiffusionModule(L.LightningModule):
                             f"{current['family']} with {current['vocabulary']} tokens); resume it with its own experiment")
 
     def configure_optimizers(self):
+        """AdamW with the schedule of transformers' constant/cosine "_with_warmup" (the releases'):
+        lr factor step / warmup during the warm-up (the first step at 0), then 1, or for `cosine`
+        0.5 (1 + cos(pi (step - warmup) / (total - warmup)))."""
         o = self.cfg.optim
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -120,7 +123,7 @@ class DiffusionModule(L.LightningModule):
 
         def factor(step: int) -> float:
             if step < warmup:
-                return (step + 1) / warmup
+                return step / warmup
             if o.scheduler == "cosine":
                 return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
             return 1.0

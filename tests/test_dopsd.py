@@ -115,8 +115,8 @@ def test_a_rollout_that_fails_the_gate_still_steps_on_a_zero_loss_unless_skip_ga
     run = train(cfg)
     after = weights(DiffusionLM.load(run / "final"))
     # zero gradients, yet AdamW's decoupled weight decay moves every weight: w <- w (1 - lr_t wd) at
-    # each of the rollout's two steps, lr_t = 1e-3 (t + 1) / 10 in the 10-step warm-up
-    decay = (1 - 1e-4 * 0.1) * (1 - 2e-4 * 0.1)
+    # each of the rollout's two steps, lr_t = 1e-3 t / 10 in the 10-step warm-up (the first at 0)
+    decay = (1 - 0.0 * 0.1) * (1 - 1e-4 * 0.1)
     key = next(k for k in before if before[k].abs().sum() > 0)
     assert not torch.equal(after[key], before[key])
     assert torch.allclose(after[key], before[key] * decay, rtol=1e-6, atol=0)
