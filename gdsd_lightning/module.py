@@ -241,6 +241,8 @@ class DiffusionRLModule(DiffusionModule):
         self.last_rollout = RolloutLog(prompts, kept["texts"], kept["rewards"], advantages,
                                        (kept["completions"] != self.policy.eos_id).cumprod(1).sum(1).float(),
                                        kept["entropy"], group)
+        if self.objective.cfg.attend_padding:   # the releases' scoring forwards take no attention mask
+            prompt_mask = torch.ones_like(prompt_mask)
         batch = RolloutBatch(prompt_ids, prompt_mask, kept["completions"], valid, kept["rewards"], advantages,
                              seed, group, correct=kept["correct"])
         if self.objective.record_states:
