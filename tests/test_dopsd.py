@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gdsd_lightning.diffusion.masking import generator_for
-from gdsd_lightning.objectives.dopsd import recorded_states, teacher_view, topk_divergence
+from gdsd_lightning.objectives.dopsd import loss_positions, recorded_states, teacher_view, topk_divergence
 
 ln = math.log
 M, EOS = 1, 2          # mask and eos ids of the hand-made states
@@ -43,6 +43,15 @@ def test_teacher_view_reveals_int_rho_n_future_positions_until_the_future_starts
     expected[0, 0, first] = final[0, first]
     expected[0, 2, third] = final[0, third]
     assert torch.equal(view, expected)
+
+
+def test_loss_positions_are_the_masked_ones_with_the_largest_raw_teacher_logit():
+    # position 0: logits (5, 5): max logit 5, max probability 0.5; position 1: (4, 0): logit 4,
+    # probability 0.98; position 2: the largest logit, but already decoded. By logit: 0 first
+    # (by probability 1 would come first).
+    teacher = torch.tensor([[[5.0, 5.0], [4.0, 0.0], [9.0, 0.0]]])
+    assert loss_positions(teacher, torch.tensor([[True, True, False]]), 1).tolist() == [[0]]
+    assert loss_positions(teacher, torch.tensor([[True, True, False]]), 2).tolist() == [[0, 1]]
 
 
 def test_reverse_kl_with_the_elementwise_clamp_matches_a_hand_value():
@@ -97,6 +106,18 @@ def test_failing_rows_count_as_zero_in_the_mean_and_each_step_takes_its_rows_chu
     skipping, again = _rollout(tiny_llada, ["method.num_iterations=2", "method.skip_gated=true"], [True, False, True])
     dropped = skipping.prepare(tiny_llada, tiny_llada, again)
     assert dropped.rows == 2 and torch.equal(dropped.completions, batch.completions[[0, 2]])
+
+
+def test_a_policy_teacher_is_the_policy_at_the_step_that_uses_the_state(tiny_llada):
+    objective, batch = _rollout(tiny_llada, ["method.fixed_teacher=false"], [True, True, True])
+    prepared = objective.prepare(tiny_llada, None, batch)
+    with torch.no_grad():
+        tiny_llada.model.lm_head.weight.mul_(1.5)           # an optimiser step after the rollout
+    after_step, _ = objective.loss(tiny_llada, prepared, 0)
+    # the release distils from the current weights (d_opsd_trainer.py:248-249): the same loss as with
+    # the rollout prepared after the step (same states, same seed, so the same teacher inputs)
+    fresh = objective.prepare(tiny_llada, None, batch)
+    assert after_step.item() == pytest.approx(objective.loss(tiny_llada, fresh, 0)[0].item(), rel=1e-6)
 
 
 def test_a_rollout_that_fails_the_gate_still_steps_on_a_zero_loss_unless_skip_gated(tmp_path, monkeypatch):

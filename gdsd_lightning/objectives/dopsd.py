@@ -110,6 +110,14 @@ def teacher_view(states: torch.Tensor, final: torch.Tensor, blocks: torch.Tensor
     return view
 
 
+def loss_positions(teacher_logits: torch.Tensor, still_masked: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (S, k) of the k still-masked positions (S, n) with the largest raw teacher logit,
+    max over the vocabulary of `teacher_logits` (S, n, V) (the release's confidence: a logit, not
+    a probability)."""
+    confidence = teacher_logits.amax(-1).masked_fill(~still_masked, -torch.inf)
+    return confidence.topk(k, dim=1).indices
+
+
 def topk_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float, clamp: float,
                     scope: str = "element") -> torch.Tensor:
     """Divergence terms of renormalised log-probs (..., V'), clamped from above at `clamp`: per
@@ -189,9 +197,8 @@ class DOPSD(Objective):
         with torch.no_grad():
             teacher = self.teacher.logits_at(*with_prompt(prompt_ids, prompt_mask, batch.extras["teacher_states"][row_of, state_of]),
                                              prompt_len + block_cols).float()      # (S', block, V)
-        still_masked = states.gather(1, block_cols) == policy.mask_id
-        confidence = teacher.amax(-1).masked_fill(~still_masked, -torch.inf)
-        order = confidence.topk(self.gen_length // batch.extras["states"].shape[1], dim=1).indices   # k per step
+        order = loss_positions(teacher, states.gather(1, block_cols) == policy.mask_id,
+                               self.gen_length // batch.extras["states"].shape[1])          # k per step
         top = torch.take_along_dim(teacher, order.unsqueeze(-1), dim=1).topk(min(self.cfg.top_k_vocab, teacher.shape[-1]), dim=-1)
         student = policy.logits_at(*with_prompt(prompt_ids, prompt_mask, states), prompt_len + block_cols.gather(1, order))
         terms = topk_divergence(student.float().gather(-1, top.indices).log_softmax(-1), top.values.log_softmax(-1),
