@@ -194,16 +194,18 @@ class DOPSD(Objective):
         prompt_len = prompt_ids.shape[1]
         _, block_length = block_layout(batch.extras["state_blocks"], states.shape[1])
         block_cols = blocks.unsqueeze(1) * block_length + torch.arange(block_length, device=states.device)
+        teacher_inputs = with_prompt(prompt_ids, prompt_mask, batch.extras["teacher_states"][row_of, state_of])
         with torch.no_grad():
-            teacher = self.teacher.logits_at(*with_prompt(prompt_ids, prompt_mask, batch.extras["teacher_states"][row_of, state_of]),
-                                             prompt_len + block_cols).float()      # (S', block, V)
+            teacher = self.teacher.logits_at(*teacher_inputs, prompt_len + block_cols).float()   # (S', block, V)
         order = loss_positions(teacher, states.gather(1, block_cols) == policy.mask_id,
                                self.gen_length // batch.extras["states"].shape[1])          # k per step
-        top = torch.take_along_dim(teacher, order.unsqueeze(-1), dim=1).topk(min(self.cfg.top_k_vocab, teacher.shape[-1]), dim=-1)
+        picked = torch.take_along_dim(teacher, order.unsqueeze(-1), dim=1)                  # (S', k, V)
+        top = picked.topk(min(self.cfg.top_k_vocab, teacher.shape[-1]), dim=-1)
         student = policy.logits_at(*with_prompt(prompt_ids, prompt_mask, states), prompt_len + block_cols.gather(1, order))
         terms = topk_divergence(student.float().gather(-1, top.indices).log_softmax(-1), top.values.log_softmax(-1),
                                 self.cfg.beta, self.cfg.clamp, self.cfg.clamp_scope)
-        per_row = torch.zeros(batch.rows, device=terms.device).index_add(0, row_of.to(terms.device), terms.flatten(1).sum(1))
+        per_state = terms.flatten(1).sum(1)
+        per_row = torch.zeros(batch.rows, device=terms.device).index_add(0, row_of.to(terms.device), per_state)
         loss = (per_row / batch.extras["chunk"].clamp(min=1)).mean()
         return loss, {"divergence": loss.detach(), "clamped_fraction": (terms >= self.cfg.clamp).float().mean(),
                       "states_used": torch.tensor(float(len(picks)))}
