@@ -38,8 +38,8 @@ NOTES = """Columns: test accuracy (greedy) of the final model and of the best-by
 std over seeds; `reward_auc` = mean rollout reward over training; `best_step_mean` = optimiser step
 of the best val accuracy (0: the base itself was best); `wall_time_s` = training time per run.
 d-OPSD's rollout reward is that of the kept attempt (best of `passk`), so its reward curve and
-`reward_auc` are not comparable with the others'; it gets the same 300 rollout batches, but those
-its gate skips give no optimiser step, so it ends with fewer `steps`.
+`reward_auc` are not comparable with the others'; it gets the same 300 rollout batches, and those
+its gate rejects still step on a zero loss (as in the release), so it takes the same `steps`.
 `steps` = optimiser steps reached (mean over seeds); `stopped_early` = seeds a guard stopped before
 max_steps (listed below the table).
 """

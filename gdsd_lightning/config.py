@@ -72,6 +72,8 @@ class SamplerConfig:
                                            # tokens against cached keys/values of the rest (approximate)
     kv_refresh_every: Optional[int] = None # with kv_cache: also rebuild the cache every n steps of a block
                                            # (fresher keys, fewer cached steps); None: once per block
+    gumbel_dtype: str = "float64"          # block sampler's Gumbel noise: float64 | model (the upstream
+                                           # trainers: the logits' dtype, bf16 for the real models)
 
 
 @dataclass
@@ -79,7 +81,9 @@ class RolloutConfig:
     prompts_per_step: int = 8              # prompts per rollout batch (per rank)
     num_generations: int = 8               # G completions per prompt
     temperature: float = 1.0               # sampling temperature during training rollouts
-    passk: int = 1                         # attempts per row until the task verifies it correct
+    passk: int = 1                         # attempts per row (d-OPSD's pass@k)
+    passk_keep: str = "first_correct"      # first_correct: stop at a correct attempt, else keep the last |
+                                           # best_reward: run all attempts, keep the best (ties: the later)
 
 
 @dataclass
@@ -249,6 +253,8 @@ def check_combinations(cfg: DictConfig) -> None:
     problems = []
     if s.kind not in ("block", "dream"):
         problems.append(f"sampler.kind must be 'block' or 'dream', got {s.kind!r}")
+    if s.gumbel_dtype not in ("float64", "model"):
+        problems.append(f"sampler.gumbel_dtype must be 'float64' or 'model', got {s.gumbel_dtype!r}")
     if s.gen_length % s.block_length:
         problems.append(f"sampler.block_length ({s.block_length}) must divide sampler.gen_length ({s.gen_length})")
     elif s.steps % (s.gen_length // s.block_length):
@@ -264,6 +270,8 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
     if cfg.rollout.passk < 1:
         problems.append(f"rollout.passk must be at least 1, got {cfg.rollout.passk}")
+    if cfg.rollout.passk_keep not in ("first_correct", "best_reward"):
+        problems.append(f"rollout.passk_keep must be 'first_correct' or 'best_reward', got {cfg.rollout.passk_keep!r}")
     if cfg.optim.scheduler not in ("constant", "cosine"):
         problems.append(f"optim.scheduler must be 'constant' or 'cosine', got {cfg.optim.scheduler!r}")
     mu = cfg.method.get("num_iterations", 1)

@@ -26,13 +26,13 @@ def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
            temperature: float, generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
     """Run the configured sampler (`sampler.kind`) at `temperature`; `sampler.fast_threshold` and
     `sampler.kv_cache` are the block sampler's fast mode (confident parallel commits, cached keys
-    and values outside the current block)."""
+    and values outside the current block), `sampler.gumbel_dtype` its noise precision."""
     if sampler.kind == "dream":
         return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
                             sampler.top_p, sampler.eps, generator, record_states)
     return block_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length, sampler.steps,
                         temperature, sampler.remasking, generator, record_states, sampler.fast_threshold,
-                        sampler.kv_cache, sampler.kv_refresh_every)
+                        sampler.kv_cache, sampler.kv_refresh_every, sampler.gumbel_dtype)
 
 
 def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict]:

@@ -113,6 +113,9 @@ class DiffusionModule(L.LightningModule):
                             f"{current['family']} with {current['vocabulary']} tokens); resume it with its own experiment")
 
     def configure_optimizers(self):
+        """AdamW with the schedule of transformers' constant/cosine "_with_warmup" (the releases'):
+        lr factor step / warmup during the warm-up (the first step at 0), then 1, or for `cosine`
+        0.5 (1 + cos(pi (step - warmup) / (total - warmup)))."""
         o = self.cfg.optim
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -120,7 +123,7 @@ class DiffusionModule(L.LightningModule):
 
         def factor(step: int) -> float:
             if step < warmup:
-                return (step + 1) / warmup
+                return step / warmup
             if o.scheduler == "cosine":
                 return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
             return 1.0
@@ -209,9 +212,11 @@ class DiffusionRLModule(DiffusionModule):
     def rollout(self, examples: list[dict]) -> RolloutBatch:
         """G completions per prompt, scored, with group advantages.
 
-        With `rollout.passk` > 1 a row whose completion is not verified correct is sampled again,
-        up to passk attempts; it keeps its first correct completion, else its best-rewarded one.
-        Objectives with `record_states` also get every intermediate state (N, steps, L).
+        With `rollout.passk` > 1 each row is sampled up to passk times, as the d-OPSD release does:
+        `passk_keep=first_correct` samples a row again until an attempt is verified correct and keeps
+        that one, else its last attempt; `best_reward` runs every attempt and keeps the best-rewarded,
+        ties going to the later one (the release's sudoku rule). Objectives with `record_states` also
+        get every intermediate state (N, steps, L).
         """
         group = self.cfg.rollout.num_generations
         repeated = [ex for ex in examples for _ in range(group)]
@@ -222,11 +227,14 @@ class DiffusionRLModule(DiffusionModule):
         self.policy.eval()
         rows = torch.arange(len(repeated), device=self.device)
         kept = self.attempt(prompt_ids, prompt_mask, repeated, rows, generator)
+        best_reward = self.cfg.rollout.passk_keep == "best_reward"
         for _ in range(self.cfg.rollout.passk - 1):
-            pending = rows[~kept["correct"]]
+            pending = rows if best_reward else rows[~kept["correct"]]
             if len(pending) == 0:
                 break
-            kept = merge_attempt(kept, self.attempt(prompt_ids, prompt_mask, repeated, pending, generator), pending)
+            new = self.attempt(prompt_ids, prompt_mask, repeated, pending, generator)
+            replace = new["rewards"] >= kept["rewards"][pending] if best_reward else torch.ones_like(new["correct"])
+            kept = merge_attempt(kept, new, pending, replace)
         self.policy.train()
         advantages = group_advantages(kept["rewards"], group, self.objective.cfg.advantage,
                                       self.objective.cfg.scale_advantage) if group > 1 else torch.zeros_like(kept["rewards"])
@@ -235,6 +243,8 @@ class DiffusionRLModule(DiffusionModule):
                                        (kept["completions"] != self.policy.eos_id).cumprod(1).sum(1).float(),
                                        kept["entropy"], group,
                                        dict(zip(self.task.extra_metric_names, kept["metrics"].unbind(1))))
+        if self.objective.cfg.attend_padding:   # the releases' scoring forwards take no attention mask
+            prompt_mask = torch.ones_like(prompt_mask)
         batch = RolloutBatch(prompt_ids, prompt_mask, kept["completions"], valid, kept["rewards"], advantages,
                              seed, group, correct=kept["correct"])
         if self.objective.record_states:
@@ -274,7 +284,7 @@ class DiffusionRLModule(DiffusionModule):
         # rank has rows left; a rank without rows then contributes a zero gradient.
         rows_everywhere = int(self.trainer.strategy.reduce(torch.tensor(float(batch.rows), device=self.device),
                                                            reduce_op="sum"))
-        if rows_everywhere == 0:   # e.g. d-OPSD's gate: no optimiser step on an empty loss
+        if rows_everywhere == 0:   # e.g. d-OPSD with method.skip_gated: no optimiser step on an empty loss
             self.empty_rollouts.hit(lambda: (
                 f"rollouts in a row left nothing to train on, up to optimiser step {self.global_step} "
                 f"({self.cfg.method.name}: {batch.stats}); the policy never passes the objective's gate. Raise "
@@ -344,18 +354,17 @@ class Streak:
         self.in_a_row = 0
 
 
-def merge_attempt(kept: dict, attempt: dict, rows: torch.Tensor) -> dict:
-    """Replace the kept attempt of `rows` by the new one where the new one is correct or, while
-    neither is correct, better rewarded."""
-    better = attempt["correct"] | (~kept["correct"][rows] & (attempt["rewards"] > kept["rewards"][rows]))
-    chosen = rows[better]
+def merge_attempt(kept: dict, attempt: dict, rows: torch.Tensor, replace: torch.Tensor) -> dict:
+    """The kept attempts with those of `rows` replaced by the new `attempt` where `replace` (per row of
+    `rows`) holds."""
+    chosen = rows[replace]
     merged = dict(kept)
     for key, value in attempt.items():
         if key == "texts":
             merged["texts"] = list(kept["texts"])
-            for row, text in zip(chosen.tolist(), [t for t, b in zip(value, better.tolist()) if b]):
+            for row, text in zip(chosen.tolist(), [t for t, r in zip(value, replace.tolist()) if r]):
                 merged["texts"][row] = text
         else:
             merged[key] = kept[key].clone()
-            merged[key][chosen] = value[better]
+            merged[key][chosen] = value[replace]
     return merged

@@ -67,3 +67,20 @@ def test_gdsd_tlc_scores_with_the_coupled_elbo_and_centring_is_a_no_op(tiny_llad
     same_masks, _ = stratified_mask(2, 8, generator_for(batch.mask_seed(0, 0)))
     expected = coupled_elbo(*coupled_logprobs(tiny_llada, ids, mask, completion, same_masks), same_masks)
     assert torch.allclose(score, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("attend", [False, True])
+def test_attend_padding_scores_with_the_prompt_padding_attended_as_the_release(attend):
+    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.models.build import build_policy
+    from gdsd_lightning.module import DiffusionRLModule
+    from gdsd_lightning.tasks import get_task
+
+    cfg = load_experiment("gdsd_tiny_countdown", ["model.init_from=null", "rollout.num_generations=2",
+                                                  f"method.attend_padding={str(attend).lower()}"])
+    module = DiffusionRLModule(cfg, build_policy(cfg), get_task("countdown"))
+    short, long = {"input": "6,5,78", "output": "79"}, {"input": "74,67,74,11", "output": "92"}
+    batch = module.rollout([short, long])
+    assert (batch.prompt_ids[:2] == module.policy.pad_id).any()      # the short prompt is left-padded
+    # the GDSD and d1 releases' scoring forwards take no attention mask: the padding is attended
+    assert batch.prompt_mask.bool().all().item() is attend

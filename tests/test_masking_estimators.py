@@ -11,17 +11,27 @@ from gdsd_lightning.diffusion.masking import (
 )
 
 
-def test_stratified_counts_follow_the_formula_and_cover_all_levels():
-    length, rows = 15, 4
+def test_stratified_counts_round_half_to_even_and_follow_the_release_draw_order():
+    # b = 2 rows, L = 2: levels k and k + 1.5. By hand: k = 0 -> (0, 2); k = 1 -> (1, round(2.5) = 2,
+    # half to even; floor(x + 0.5) would give 3 mod 3 = 0); k = 2 -> (2, round(3.5) = 4 mod 3 = 1).
+    by_k = {0: [0, 2], 1: [1, 2], 2: [2, 1]}
     seen = set()
+    for seed in range(30):
+        replay = generator_for(seed)                      # the rule's draws: k, then one permutation per row
+        k = int(torch.randint(0, 3, (), generator=replay))
+        perms = [torch.randperm(2, generator=replay) for _ in range(2)]
+        mask, n = stratified_mask(2, 2, generator_for(seed))
+        assert n.tolist() == by_k[k]
+        assert mask.tolist() == [(perm < count).tolist() for perm, count in zip(perms, by_k[k])]
+        seen.add(k)
+    assert seen == {0, 1, 2}
+    length, rows = 15, 4                                  # every row keeps its count, all levels occur
+    levels = set()
     for seed in range(40):
         mask, n = stratified_mask(rows, length, generator_for(seed))
         assert mask.sum(1).tolist() == n.tolist()
-        k = n[0].item()  # row 0 has offset 0, so n_0 = k
-        expected = [(k + math.floor(i * (length + 1) / rows + 0.5)) % (length + 1) for i in range(rows)]
-        assert n.tolist() == expected
-        seen.add(k)
-    assert len(seen) > 10  # k really is drawn, not fixed
+        levels.update(n.tolist())
+    assert len(levels) > 10
 
 
 def test_stratified_positions_are_uniform():
@@ -45,26 +55,41 @@ def test_masks_depend_only_on_the_seed():
     assert torch.equal(a, b)
 
 
-def test_full_completion_masks_every_completion_token_and_some_prompt_tokens():
-    prompt_mask = torch.tensor([[0, 1, 1, 1] * 50])
-    prompt_masked, completion_masked = full_completion_mask(1, 6, prompt_mask, 0.15, generator_for(0))
+def test_full_completion_masks_every_completion_token_and_prompt_positions_from_one_draw_per_position():
+    prompt_len, length = 5, 3
+    prompt_masked, completion_masked = full_completion_mask(2, length, prompt_len, 0.5, generator_for(3))
+    u = torch.rand(2, prompt_len + length, generator=generator_for(3))   # d1: one uniform per position
     assert completion_masked.all()
-    assert not prompt_masked[prompt_mask == 0].any()      # padding is never masked
-    assert abs(prompt_masked.float().sum().item() / 150 - 0.15) < 0.06
+    assert prompt_masked.tolist() == (u[:, :prompt_len] < 0.5).tolist()
 
 
-def test_block_random_mask_structure():
-    valid = torch.tensor([[True] * 10 + [False] * 6] * 200)
-    mask, t_hat = block_random_mask(valid, 4, generator_for(0))
-    assert mask[:, 10:].all(), "positions after EOS are always masked"
-    for row in mask:
-        blocks = (row & valid[0]).view(4, 4)
-        first = next(b for b in range(4) if blocks[b].any())    # the chosen block k
-        assert first < 3, "block k holds valid tokens"
-        assert not blocks[:first].any()                         # earlier blocks clean
-        assert row[(first + 1) * 4:].all()                      # later blocks fully masked
-    assert ((t_hat > 0) & (t_hat <= 1)).all()
-    assert torch.allclose(t_hat, (mask & valid).sum(1) / 10.0)
+def test_block_random_mask_follows_the_release_rule_by_hand():
+    # L = 6 in three blocks of 2; row 0 ends at position 2 (EOS included: 3 valid tokens, blocks
+    # 0-1 hold them), row 1 has no EOS; prompt of 2 positions; 2 draws; p = 0.5.
+    valid = torch.tensor([[True, True, True, False, False, False], [True] * 6])
+    block, draws, prompt_len, p, seed = 2, 2, 2, 0.5, 11
+    prompt_masked, mask, t_hat = block_random_mask(valid, block, draws, prompt_len, p, generator_for(seed))
+    replay = generator_for(seed)
+    chosen = [(torch.randperm(3, generator=replay)[:draws] % m).tolist() for m in (2, 3)]   # one permutation a row
+    expected = torch.zeros(2, draws, 6, dtype=torch.bool)
+    for i, n in enumerate((3, 6)):
+        for d, k in enumerate(chosen[i]):
+            size = min(block, n - k * block)                    # valid tokens of block k
+            count = int(torch.randint(1, size + 1, (1, 1), generator=replay))
+            order = torch.randperm(size, generator=replay)
+            for o in range(size):
+                expected[i, d, k * block + o] = bool(order[o] < count)
+            expected[i, d, (k + 1) * block:] = True             # later blocks fully masked
+            expected[i, d, n:] = True                           # after the first EOS
+    clean_prompt, clean, _ = block_random_mask(valid, block, draws, prompt_len, 0.0, generator_for(seed))
+    assert not clean_prompt.any() and clean.tolist() == expected.tolist()     # use_mask_prompt off
+    u = torch.rand(2, draws, prompt_len + 6, generator=replay) < p
+    for i in range(2):
+        for d, k in enumerate(chosen[i]):
+            expected[i, d, :k * block] |= u[i, d, prompt_len:prompt_len + k * block]   # earlier blocks w.p. p
+    assert prompt_masked.tolist() == u[..., :prompt_len].tolist()
+    assert mask.tolist() == expected.tolist()
+    assert torch.allclose(t_hat, (expected & valid.unsqueeze(1)).sum(-1) / valid.sum(-1, keepdim=True).float())
 
 
 def test_valid_completion_mask_includes_first_eos():

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from gdsd_lightning.diffusion.masking import generator_for
-from gdsd_lightning.diffusion.sampler import (block_sample, dream_sample, proposal_logits, split_evenly, start_sequence,
-                                             top_k_mask, uniform_at)
+from gdsd_lightning.diffusion import sampler as sampler_module
+from gdsd_lightning.diffusion.sampler import (block_sample, dream_sample, gumbel_argmax, neg_entropy, proposal_logits,
+                                             split_evenly, start_sequence, top_k_mask, top_p_filter, uniform_at)
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from tests.conftest import make_tiny
@@ -133,11 +134,65 @@ def test_shifted_family_matches_in_place_family_after_the_adapter(tiny_llada):
 
 
 def test_dream_sampler_fills_everything_on_its_schedule(tiny_dream):
-    ids, mask = tiny_dream.encode_prompts(PROMPTS)
+    ids, mask = tiny_dream.encode_prompts(PROMPTS)           # prompts of different lengths: left padding
     out = dream_sample(tiny_dream, ids, mask, 10, 5, temperature=1.0, generator=generator_for(0), record_states=True)
     masked = [(s == tiny_dream.mask_id).sum(1) for s in out.states] + [(out.completions == tiny_dream.mask_id).sum(1)]
     assert masked[0].tolist() == [10, 10] and masked[-1].tolist() == [0, 0]
     assert all((a >= b).all() for a, b in zip(masked[:-1], masked[1:]))
+    # every row holds the same number of masks at every step, so Dream's batch-mean count is each row's
+    assert all(len(set(m.tolist())) == 1 for m in masked)
+
+
+def test_gumbel_noise_in_float64_or_with_the_upstream_arithmetic_in_the_model_dtype():
+    logits, u = torch.tensor([0.0, 0.001]), torch.tensor([0.5, 0.5])
+    # float64: argmax(l / tau + g) with g equal for both: the larger logit wins
+    assert gumbel_argmax(logits, 1.0, None, u.double()).item() == 1
+    # bf16, by hand: exp(0) = 1, exp(0.001) = 1.001 rounds to 1 in bf16 (8 mantissa bits), divided by
+    # the same (-log 0.5)^tau: a tie, and argmax returns the first
+    assert torch.tensor(1.001, dtype=torch.bfloat16).item() == 1.0
+    assert gumbel_argmax(logits, 1.0, None, u.bfloat16(), torch.bfloat16).item() == 0
+
+
+def test_the_block_sampler_draws_the_noise_in_the_logits_dtype_with_gumbel_dtype_model(tiny_llada, monkeypatch):
+    seen = []
+    real = sampler_module.gumbel_argmax
+    monkeypatch.setattr(sampler_module, "gumbel_argmax",
+                        lambda logits, tau, gen, uniform=None, dtype=torch.float64: seen.append((uniform.dtype, dtype))
+                        or real(logits, tau, gen, uniform, dtype))
+    model = tiny_llada.to(torch.bfloat16)
+    ids, mask = model.encode_prompts(PROMPTS)
+    block_sample(model, ids, mask, 8, 4, 4, temperature=1.0, generator=generator_for(0), gumbel_dtype="model")
+    block_sample(model, ids, mask, 8, 4, 4, temperature=1.0, generator=generator_for(0))
+    assert seen[0] == (torch.bfloat16, torch.bfloat16) and seen[-1] == (torch.float64, torch.float64)
+
+
+def test_dream_nucleus_keeps_a_token_whose_preceding_mass_equals_top_p_and_entropy_has_its_epsilon():
+    logits = torch.tensor([torch.log(torch.tensor(2.0)), 0.0, 0.0])     # p = (.5, .25, .25), exactly
+    # preceding cumulative masses 0, .5, .75: with top_p = .75 Dream drops only those above .75
+    assert torch.isfinite(top_p_filter(logits, 0.75)).all()
+    assert torch.isfinite(top_p_filter(logits, 0.5)).tolist() == [True, True, False]
+    expected = .5 * torch.log(torch.tensor(.5 + 1e-10)) + 2 * .25 * torch.log(torch.tensor(.25 + 1e-10))
+    assert neg_entropy(logits).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_dream_ranks_positions_by_the_entropy_of_the_tempered_nucleus(monkeypatch):
+    # Two masked positions over 100 tokens. A: two equal tokens, the rest far below (entropy ln 2 at
+    # any temperature). B: one token at 5 and 99 at 0: its raw distribution spreads over the tail
+    # (entropy ~2.5 > ln 2), but at tau = 0.5 the top token holds 0.9955 > top_p = 0.95, so B's
+    # nucleus is that token alone (entropy 0): Dream commits B first.
+    vocab, mask_id = 100, 99
+    a = torch.full((vocab,), -40.0)
+    a[:2] = 1.0
+    b = torch.zeros(vocab)
+    b[0] = 5.0
+    fixed = torch.stack([torch.zeros(vocab), a, b, a, a]).unsqueeze(0)         # prompt, then 4 masked positions
+    assert neg_entropy(a) > neg_entropy(b)                                      # raw: A looks more confident
+    monkeypatch.setattr(sampler_module, "proposal_logits", lambda model, x, attention: fixed.clone())
+    model = type("Fake", (), {"mask_id": mask_id})()
+    out = dream_sample(model, torch.tensor([[7]]), torch.ones(1, 1, dtype=torch.long), 4, 2, temperature=0.5,
+                       top_p=0.95, generator=generator_for(0), record_states=True)
+    # step 0 commits int(4 (1 - 0.5005)) = 1 position: B's (index 1 of the completion)
+    assert (out.states[1][0] != mask_id).tolist() == [False, True, False, False]
 
 
 def test_block_sampler_rejects_bad_block_layout(tiny_llada):

@@ -125,3 +125,19 @@ def test_compare_writes_the_table_and_plots_and_reuses_finished_runs(tmp_path, v
     main(args)
     assert sorted((tmp_path / "runs").glob("*/seed*")) == run_dirs
     assert capsys.readouterr().out.count("[compare] reusing") == 4
+
+
+def test_the_warm_up_starts_from_a_zero_learning_rate_as_the_releases_schedules_do(tmp_path):
+    from gdsd_lightning.module import DiffusionRLModule
+    from gdsd_lightning.tasks import get_task
+
+    # transformers' constant_with_warmup: factor step / warmup while step < warmup, then 1
+    cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 10, **{"optim.warmup_steps": 4,
+                                                                             "optim.scheduler": "constant"}))
+    scheduler = DiffusionRLModule(cfg, build_policy(cfg), get_task("sudoku")).configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(6):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([1e-3 * f for f in (0, .25, .5, .75, 1, 1)])

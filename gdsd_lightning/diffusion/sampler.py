@@ -67,13 +67,23 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
-                  uniform: torch.Tensor | None = None) -> torch.Tensor:
-    """Sample argmax(logits / tau + Gumbel) with the noise in float64; plain argmax at tau = 0.
-    `uniform`: the float64 uniform draws behind the noise, if not drawn here from `generator`."""
+                  uniform: torch.Tensor | None = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Sample argmax(logits / tau + g), g = -log(-log u) Gumbel noise from uniforms u; plain argmax at
+    tau = 0. `uniform`: the draws behind the noise, if not drawn here from `generator`.
+
+    `dtype` float64 (the default) draws u and adds the noise in float64. In a 16-bit type the noise
+    is coarse and truncated (bf16 u has 8 mantissa bits: g <= -log(-log(1 - 2^-9)), about 6.2), so
+    rare tokens are never drawn and near-equal proposals tie: the effective temperature is lower
+    (arXiv:2409.02908; the upstream trainers' own comment says float64, yet they pass the model's
+    dtype). Any other `dtype` reproduces those trainers: argmax(exp(logits) / (-log u)^tau), all of
+    it in `dtype` (the same argmax in exact arithmetic).
+    """
     if temperature <= 0:
         return logits.argmax(dim=-1)
     if uniform is None:
-        uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=dtype)
+    if dtype != torch.float64:
+        return (logits.to(dtype).exp() / (-torch.log(uniform.to(dtype))) ** temperature).argmax(dim=-1)
     gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
     return (logits.double() / temperature + gumbel).argmax(dim=-1)
 
@@ -91,12 +101,14 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
                  block_length: int, steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
                  generator: torch.Generator | None = None, record_states: bool = False,
                  threshold: float | None = None, kv_cache: bool = False,
-                 kv_refresh_every: int | None = None) -> SampleOutput:
+                 kv_refresh_every: int | None = None, gumbel_dtype: str = "float64") -> SampleOutput:
     """LLaDA block sampler.
 
     The L completion masks form L/block_length blocks, decoded left to right with
     steps/num_blocks steps each. Per step: x0 = Gumbel-max sample at temperature tau (argmax at
-    0); confidence = softmax probability of x0 (`low_confidence`) or uniform noise (`random`);
+    0; `gumbel_dtype`: the noise in float64, or `model`: in the logits' own dtype with the upstream
+    trainers' arithmetic, the confidence below too, see `gumbel_argmax`); confidence = softmax
+    probability of x0 (`low_confidence`) or uniform noise (`random`);
     the most confident still-masked positions of the current block are committed, as many as the
     block's masked count split evenly over its steps (remainder to the earliest steps). Only the
     block's still-masked positions get logits (padded to the row with most of them); the random
@@ -123,6 +135,8 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
+    if gumbel_dtype not in ("float64", "model"):
+        raise ValueError(f"unknown gumbel_dtype {gumbel_dtype!r}; use float64 or model")
     out = SampleOutput(completions=x[:, prompt_len:])
     entropy_sum = torch.zeros(x.shape[0], device=device)
     block_shape = (x.shape[0], block_length)
@@ -142,15 +156,18 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             open_slots = masked.gather(1, slots)
             if kv_cache:
                 refresh = step % (kv_refresh_every or steps_per_block) == 0
-                logits, cache = model.window_logits(x, attention, start, end, start + slots, None if refresh else cache)
+                raw, cache = model.window_logits(x, attention, start, end, start + slots, None if refresh else cache)
             else:
-                logits = model.logits_at(x, attention, start + slots)
-            logits = without_mask(model, logits)                          # (B, slots, V)
+                raw = model.logits_at(x, attention, start + slots)
+            logits = without_mask(model, raw)                              # (B, slots, V) float32
+            noise_dtype = torch.float64 if gumbel_dtype == "float64" else raw.dtype
             out.forwards += 1
             proposal = gumbel_argmax(logits, temperature, generator, None if temperature <= 0 else
-                                     uniform_at(slots, (*block_shape, logits.shape[-1]), generator, torch.float64))
+                                     uniform_at(slots, (*block_shape, logits.shape[-1]), generator, noise_dtype),
+                                     noise_dtype)
             if remasking == "low_confidence":   # the reference's arithmetic, so near-ties rank the same way
-                confidence = logits.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
+                scored = logits if gumbel_dtype == "float64" else logits.to(raw.dtype)
+                confidence = scored.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1).float()
             elif remasking == "random":
                 confidence = uniform_at(slots, block_shape, generator)
             else:
@@ -167,14 +184,21 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Set to -inf every token outside the smallest set whose probability reaches top_p."""
+    """Dream's nucleus: over the tokens sorted by probability, drop every token whose preceding
+    cumulative probability exceeds top_p (so at least the top token stays), set to -inf."""
     if top_p >= 1.0:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     cumulative = sorted_logits.softmax(-1).cumsum(-1)
-    drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keeps at least the top token
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    preceding = torch.cat([torch.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], dim=-1)
+    drop = torch.zeros_like(preceding, dtype=torch.bool).scatter(-1, order, preceding > top_p)
     return logits.masked_fill(drop, -torch.inf)
+
+
+def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Dream's entropy confidence: sum_v p_v log(p_v + 1e-10), p = softmax(logits) (logits may hold -inf)."""
+    probs = logits.softmax(-1)
+    return (probs * torch.log(probs + 1e-10)).sum(-1)
 
 
 @torch.no_grad()
@@ -184,9 +208,13 @@ def dream_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     """Dream sampler: whole sequence, entropy confidence.
 
     Timesteps t_0..t_S = linspace(1, eps, S+1); at step i (t = t_i, s = t_{i+1}) each row commits
-    int(n_mask (1 - s/t)) of its masked positions (all remaining at the last step), those whose
-    predictive distribution has the lowest entropy. Tokens are drawn with top-p (when tau > 0)
-    and Gumbel-max at temperature tau. Dream averages n_mask over the batch; here it is per row.
+    int(n_mask (1 - s/t)) of its masked positions (all remaining at the last step). With tau > 0
+    the distribution is Dream's: softmax of logits / tau restricted to its top-p nucleus, sampled by
+    float64 Gumbel-max (Dream draws from torch.distributions.Categorical: same distribution, other
+    draws); tau = 0 takes the argmax of the raw logits. The committed positions are those of
+    highest confidence sum_v p_v log(p_v + 1e-10) over that same (tempered, filtered) distribution.
+    Dream counts n_mask as the batch mean; every row starts from L masks and commits the same
+    number each step, so the per-row count used here is that mean at every step.
     """
     prompt_len = prompt_ids.shape[1]
     x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
@@ -199,18 +227,17 @@ def dream_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             out.state_blocks.append(0)
         logits = proposal_logits(model, x, attention)
         if temperature > 0:
-            logits = top_p_filter(logits, top_p)
-        proposal = gumbel_argmax(logits, temperature, generator)
-        token_entropy = entropy(logits)
+            logits = top_p_filter(logits / temperature, top_p)
+        proposal = gumbel_argmax(logits, 1.0 if temperature > 0 else 0.0, generator)
+        confidence = neg_entropy(logits)
         masked = x == model.mask_id
         n_mask = masked.sum(1)
         if i < steps - 1:
             k = (n_mask.float() * (1 - timesteps[i + 1] / timesteps[i])).long()
         else:
             k = n_mask
-        confidence = torch.where(masked, -token_entropy, torch.full_like(token_entropy, -torch.inf))
-        commit = top_k_mask(confidence, k)
-        entropy_sum += (token_entropy * commit).sum(1)
+        commit = top_k_mask(torch.where(masked, confidence, torch.full_like(confidence, -torch.inf)), k)
+        entropy_sum -= (confidence * commit).sum(1)
         x = torch.where(commit, proposal, x)
     out.completions = x[:, prompt_len:]
     out.entropy = entropy_sum / gen_length

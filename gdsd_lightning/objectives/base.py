@@ -30,7 +30,7 @@ class RolloutBatch:
     """Everything one rollout produced; row i belongs to group i // group_size."""
 
     prompt_ids: torch.Tensor      # (N, P) left-padded
-    prompt_mask: torch.Tensor     # (N, P)
+    prompt_mask: torch.Tensor     # (N, P) what the scoring forwards attend to (all ones: `attend_padding`)
     completions: torch.Tensor     # (N, L)
     valid: torch.Tensor           # (N, L) True up to and including the first EOS
     rewards: torch.Tensor         # (N,)
@@ -73,6 +73,7 @@ class ObjectiveConfig:
     advantage: str = "group_mean"      # group_mean | leave_one_out
     scale_advantage: bool = False      # divide by the group std + 1e-4
     beta: float = 0.0                  # weight of the KL-to-reference term (0: no reference)
+    attend_padding: bool = False       # score with the prompt padding attended (the GDSD and d1 releases)
 
 
 class Objective(ABC):

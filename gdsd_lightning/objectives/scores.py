@@ -36,6 +36,6 @@ def mean_field_logprobs(model: DiffusionLM, batch: RolloutBatch, iteration: int,
     """One-step mean-field log-probs (B, L): log p(x_l | prompt with tokens masked w.p. p, completion
     fully masked), the prompt mask fresh per inner iteration (d1)."""
     gen = generator_for(batch.mask_seed(iteration, 0), batch.completions.device)
-    prompt_masked, masked = full_completion_mask(batch.rows, batch.completions.shape[1], batch.prompt_mask,
+    prompt_masked, masked = full_completion_mask(batch.rows, batch.completions.shape[1], batch.prompt_ids.shape[1],
                                                  p_mask_prompt, gen)
     return completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completions, masked, prompt_masked)

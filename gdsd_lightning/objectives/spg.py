@@ -1,8 +1,10 @@
 """SPG: sandwiched policy gradient with block-wise masks, an ELBO for positive advantages and an
 EUBO/ELBO mix for the rest.
 
-For D draws d of the `block_random` mask (t_hat_d = masked fraction of the valid tokens) and
-per-token weights w_dl = mask_dl / t_hat_d on valid tokens:
+For D draws d of the `block_random` mask (t_hat_d = masked fraction of the valid tokens; with
+`p_mask_prompt` > 0 the prompt and the blocks before the chosen one are masked with that
+probability too, as the release's `use_mask_prompt`) and per-token weights w_dl = mask_dl / t_hat_d
+on valid tokens:
 
     ELBO_b = mean over valid l of  mean_d [ w_dl log p_d,l ]
     EUBO_b = mean over valid l masked in some draw of  1/beta_e log mean_d [ w_dl p_d,l^beta_e ]
@@ -12,7 +14,9 @@ per-token weights w_dl = mask_dl / t_hat_d on valid tokens:
 
 (per draw, sum_l w_dl log p_dl / len equals the mean log-prob over the masked valid tokens). The
 EUBO skips tokens no draw masked (their inner mean is 0). No ratio, clip or KL; group-mean
-advantages. The normaliser sum_b len_b is the micro-batch's (exact with one micro-batch).
+advantages. The normaliser sum_b len_b is the micro-batch's (the release's per-device batch).
+The D draws of a row come from one generator per (rollout, iteration, micro-batch), in the
+release's order (`block_random_mask`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from gdsd_lightning.diffusion.estimators import completion_logprobs
 from gdsd_lightning.diffusion.masking import block_random_mask, generator_for
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
 
@@ -33,7 +38,8 @@ class SPGConfig(ObjectiveConfig):
     num_iterations: int = 4
     advantage: str = "group_mean"
     block_length: int = 32             # masking block (recipe 32)
-    num_mc: int = 2                    # mask draws per sequence
+    num_mc: int = 2                    # mask draws per sequence (the release's num_t)
+    p_mask_prompt: float = 0.15        # prompt and earlier blocks masked w.p. p (0: the release's use_mask_prompt off)
     beta_eubo: float = 1.5             # recipe 1.5; 1.0 for sudoku
     eubo_weight: float = 0.5           # mix of EUBO and ELBO for non-positive advantages
 
@@ -65,14 +71,22 @@ class SPG(Objective):
     Config = SPGConfig
     needs_old = False
 
+    def __init__(self, cfg, gen_length: int):
+        super().__init__(cfg, gen_length)
+        if gen_length % cfg.block_length or cfg.num_mc > gen_length // cfg.block_length:
+            raise UserError(f"method.block_length ({cfg.block_length}) must divide the generation length ({gen_length}) "
+                            f"into at least method.num_mc ({cfg.num_mc}) blocks: SPG draws its masks' blocks from one "
+                            "permutation of the blocks")
+
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int):
         draws = self.cfg.num_mc
-        masks, t_hats = zip(*(block_random_mask(batch.valid, self.cfg.block_length,
-                                                generator_for(batch.mask_seed(iteration, mc), batch.valid.device))
-                              for mc in range(draws)))
-        mask, t_hat = torch.stack(masks), torch.stack(t_hats)                          # (D, B, L), (D, B)
-        logp = completion_logprobs(policy, batch.prompt_ids.repeat(draws, 1), batch.prompt_mask.repeat(draws, 1),
-                                   batch.completions.repeat(draws, 1), mask.flatten(0, 1)).view(mask.shape)
+        prompt_masked, mask, t_hat = block_random_mask(
+            batch.valid, self.cfg.block_length, draws, batch.prompt_ids.shape[1], self.cfg.p_mask_prompt,
+            generator_for(batch.mask_seed(iteration, 0), batch.valid.device))                 # (B, D, ...)
+        repeat = lambda t: t.repeat_interleave(draws, 0)                                        # noqa: E731
+        logp = completion_logprobs(policy, repeat(batch.prompt_ids), repeat(batch.prompt_mask), repeat(batch.completions),
+                                   mask.flatten(0, 1), prompt_masked.flatten(0, 1)).view(mask.shape)
+        logp, mask, t_hat = logp.transpose(0, 1), mask.transpose(0, 1), t_hat.transpose(0, 1)   # draws first
         weights = (mask & batch.valid).float() / t_hat.clamp(min=1e-12).unsqueeze(-1)
         elbo, eubo = spg_bounds(logp, weights, batch.valid, self.cfg.beta_eubo)
         return spg_loss(elbo, eubo, batch.advantages, batch.valid.sum(dim=1).float(), self.cfg.eubo_weight)
