@@ -8,6 +8,7 @@
     bench [--quick] [--device cpu|cuda] [--out D] [--peak-tflops F]
                                                       sampler / loss-pass speed and memory; MFU on CUDA
     make-data [--out data]                            regenerate the frozen task splits
+    export MODEL OUT [--dtype bfloat16]               a trained llada / dream model in the authors' format
 """
 
 from __future__ import annotations
@@ -173,6 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     p_data = sub.add_parser("make-data", help="regenerate the frozen sudoku/countdown splits")
     p_data.add_argument("--out", default="data")
     sub.add_parser("list", help="list the experiments")
+    p_export = sub.add_parser("export", help="write a trained llada / dream model in the authors' published format")
+    p_export.add_argument("model", help="a saved model directory, e.g. runs/<experiment>/latest/final (LoRA "
+                                        "adapters are merged into the base weights)")
+    p_export.add_argument("out", help="output directory: the authors' config.json, safetensors shards under their "
+                                      "tensor names, the tokenizer and the base's remote-code files")
+    p_export.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                          help="dtype of the written weights (default: bfloat16, as published)")
     args, overrides = parser.parse_known_args(argv)   # key=value config overrides, anywhere
     unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
     if unknown:
@@ -204,6 +212,15 @@ def main(argv: list[str] | None = None) -> None:
             for name in GENERATED_TASKS:
                 for path in write_splits(args.out, name):
                     print(f"wrote {path}")
+        elif args.command == "export":
+            import torch
+
+            from gdsd_lightning.models import DiffusionLM
+            from gdsd_lightning.models.published import write_published
+
+            missing = write_published(DiffusionLM.load(args.model, getattr(torch, args.dtype)), args.out)
+            print(f"exported {args.model} to {args.out} in the published format"
+                  + (f"; copy {', '.join(missing)} there from the base's hub repository" if missing else ""))
         elif args.command == "list":
             from gdsd_lightning.config import list_experiments
 
