@@ -103,8 +103,9 @@ class DiffusionLM(nn.Module):
         outside = torch.cat([torch.arange(0, start - shift, device=input_ids.device),
                              torch.arange(end - shift, length, device=input_ids.device)])
         order = torch.cat([outside, window])
-        positions = self.position_ids(attention_mask)
-        position_ids = order.unsqueeze(0).expand(input_ids.shape[0], -1) if positions is None else positions[:, order]
+        family_positions = self.position_ids(attention_mask)
+        position_ids = order.unsqueeze(0).expand(input_ids.shape[0], -1) if family_positions is None \
+            else family_positions[:, order]
         backbone = self.transformer.base_model
         if cache is None:
             out = backbone(input_ids=input_ids[:, order], attention_mask=attention_mask[:, order],
