@@ -125,7 +125,7 @@ class PublishedFormat:
     defaults: dict
     required: dict
     mapped: set
-    to_config: Callable[[dict], PretrainedConfig]     # the effective fields -> transformers config
+    to_config: Callable[[dict, str], PretrainedConfig]   # (effective fields, where) -> transformers config
     tensors: tuple[tuple[str, str], ...] = ()         # (published name, transformers name); () = same names
 
     def config(self, raw: dict, where: str) -> PretrainedConfig:
@@ -145,7 +145,7 @@ class PublishedFormat:
             if key not in raw and self.defaults.get(key) not in allowed:
                 raise UserError(f"{where}: {key} is missing, and {self.name}'s default {self.defaults[key]!r} "
                                 f"({what}) is not supported; set {key} to {allowed[0]!r}")
-        return self.to_config({**self.defaults, **raw})
+        return self.to_config({**self.defaults, **raw}, where)
 
     def key_mapping(self) -> dict[str, str] | None:
         """from_pretrained's key_mapping: published tensor-name prefixes -> transformers'."""
@@ -166,15 +166,15 @@ def _pattern(template: str) -> str:
     return "^" + re.escape(template).replace(r"\{n\}", r"(\d+)") + r"\."
 
 
-def llama_config(c: dict) -> LlamaConfig:
+def llama_config(c: dict, where: str) -> LlamaConfig:
     """LLaDA's effective config fields -> LlamaConfig (no padding_idx: LLaDA's embedding has none)."""
     if c["d_model"] % c["n_heads"]:
-        raise UserError(f"LLaDA config: d_model ({c['d_model']}) must be a multiple of n_heads ({c['n_heads']})")
+        raise UserError(f"{where}: d_model ({c['d_model']}) must be a multiple of n_heads ({c['n_heads']})")
     kv_heads = c["n_kv_heads"]
     if kv_heads is None:                              # ModelConfig.effective_n_kv_heads
         kv_heads = 1 if c["multi_query_attention"] else c["n_heads"]
     elif c["multi_query_attention"] is not None and kv_heads != (1 if c["multi_query_attention"] else c["n_heads"]):
-        raise UserError("LLaDA config: n_kv_heads and multi_query_attention disagree (LLaDA refuses this too)")
+        raise UserError(f"{where}: n_kv_heads and multi_query_attention disagree (LLaDA refuses this too)")
     return LlamaConfig(
         vocab_size=c["embedding_size"] or c["vocab_size"], hidden_size=c["d_model"],
         intermediate_size=c["mlp_hidden_size"] or c["mlp_ratio"] * c["d_model"], num_hidden_layers=c["n_layers"],
@@ -186,7 +186,7 @@ def llama_config(c: dict) -> LlamaConfig:
     )
 
 
-def qwen2_config(c: dict) -> Qwen2Config:
+def qwen2_config(c: dict, where: str) -> Qwen2Config:
     """Dream's config fields -> Qwen2Config; no sliding window (Dream's SDPA attention applies none)."""
     return Qwen2Config(
         vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
@@ -236,36 +236,42 @@ def load_pretrained(family: FamilySpec, source: str, dtype: torch.dtype, quantiz
     online = local or offline_unless_reachable()
     try:
         raw = read_json(source, "config.json")
-        model_type = raw.get("model_type")
-        published = FORMATS.get(family.name)
         where = f"{source}/config.json" if local else f"{source} (config.json)"
-        if model_type in UNSUPPORTED_MODEL_TYPES:
-            raise UserError(f"{where}: {UNSUPPORTED_MODEL_TYPES[model_type]} is not supported by the {family.name} "
-                            "family, which maps the dense published checkpoints only")
-        if published is not None and model_type == published.model_type:
-            config, key_mapping = published.config(raw, where), published.key_mapping()
-        elif model_type == family.config_class.model_type:
-            config, key_mapping, raw = None, None, None
-        else:
-            formats = " or ".join(f"{f!r}" for f in [published and published.model_type, family.config_class.model_type]
-                                  if f)
-            raise UserError(f"{where}: model_type {model_type!r} is not a {family.name} checkpoint (model_type {formats})")
+        published = published_format(family, raw.get("model_type"), where)
+        config = published.config(raw, where) if published else None     # None: the directory's own config.json
         if local:
             check_shards(Path(source))
         model, info = family.model_class.from_pretrained(
-            source, config=config, key_mapping=key_mapping, dtype=dtype, attn_implementation=attn_implementation,
-            ignore_mismatched_sizes=True, output_loading_info=True, **quantization_kwargs(quantization, dtype))
+            source, config=config, key_mapping=published.key_mapping() if published else None, dtype=dtype,
+            attn_implementation=attn_implementation, ignore_mismatched_sizes=True, output_loading_info=True,
+            **quantization_kwargs(quantization, dtype))
         tokenizer = load_tokenizer(source)
-    except OSError as err:          # the hub's errors (missing repo, offline) are OSErrors
+    except OSError as err:          # the hub's errors (missing repo or file, offline) are OSErrors
         if not online:
             raise unreachable(f"{family.name} model", source, "set model.path=<local directory>") from None
         raise UserError(f"cannot load {family.name} model {source!r}: {str(err).splitlines()[0]}") from None
-    check_loading(info, source, published if raw is not None else None)
+    check_loading(info, source, published)
     if hasattr(model, "_weight_conversions"):
         del model._weight_conversions   # save_pretrained writes transformers' names (ours); see write_published
     set_mask_token(tokenizer, raw, source)
     check_vocabulary(tokenizer, model.config.vocab_size, source)
-    return model, tokenizer, raw
+    return model, tokenizer, raw if published else None
+
+
+def published_format(family: FamilySpec, model_type: str | None, where: str) -> PublishedFormat | None:
+    """The authors' format a config.json's model_type names, or None for the family's own
+    transformers class (model_type llama / qwen2: a save_pretrained directory); else refused."""
+    published = FORMATS.get(family.name)
+    if model_type in UNSUPPORTED_MODEL_TYPES:
+        raise UserError(f"{where}: {UNSUPPORTED_MODEL_TYPES[model_type]} is not supported by the {family.name} "
+                        "family, which maps the dense published checkpoints only")
+    if published is not None and model_type == published.model_type:
+        return published
+    if model_type != family.config_class.model_type:
+        known = [f"{t!r}" for t in (published and published.model_type, family.config_class.model_type) if t]
+        raise UserError(f"{where}: model_type {model_type!r} is not a {family.name} checkpoint "
+                        f"(model_type {' or '.join(known)})")
+    return None
 
 
 def check_shards(directory: Path) -> None:
@@ -283,13 +289,13 @@ def check_shards(directory: Path) -> None:
 def check_loading(info: dict, source: str, published: PublishedFormat | None) -> None:
     """Every parameter came from the checkpoint with its shape, and every tensor found a place."""
     name = published.published_name if published else (lambda n: n)
-    problems = [(f"tensor {name(k)} is missing", k) for k in sorted(info["missing_keys"])]
-    problems += [(f"tensor {k} has no place in the model", k) for k in sorted(info["unexpected_keys"])]
-    problems += [(f"tensor {name(m[0])} has shape {list(m[1])}, the config asks for {list(m[2])}", m[0])
-                 for m in sorted(info["mismatched_keys"])]
+    problems = [f"tensor {name(k)} is missing" for k in sorted(info["missing_keys"])]
+    problems += [f"tensor {k} has no place in the model" for k in sorted(info["unexpected_keys"])]
+    problems += [f"tensor {name(key)} has shape {list(found)}, config.json asks for {list(expected)}"
+                 for key, found, expected in sorted(info["mismatched_keys"])]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(f"{source}: {problems[0][0]}{more}; the checkpoint does not match its config.json")
+        raise UserError(f"{source}: {problems[0]}{more}; the checkpoint does not match its config.json")
 
 
 def load_tokenizer(source: str):
@@ -311,7 +317,8 @@ def set_mask_token(tokenizer, raw: dict | None, source: str) -> None:
         return
     mask_id = (raw or {}).get("mask_token_id")
     if mask_id is None or not 0 <= mask_id < len(tokenizer):
-        found = "has none" if mask_id is None else f"names id {mask_id}, outside the tokenizer's {len(tokenizer)} tokens"
+        found = "has none" if mask_id is None else \
+            f"names id {mask_id}, outside the tokenizer's {len(tokenizer)} tokens"
         raise UserError(f"{source}: no mask token: the tokenizer names no mask_token and config.json's mask_token_id "
                         f"{found}; a masked diffusion model needs one")
     tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
