@@ -153,14 +153,16 @@ def test_the_recipes_lora_targets_are_the_published_effective_ones(tmp_path):
         assert adapted == expected
 
 
-def test_final_model_exports_to_the_published_format_and_loads_back(tmp_path, capsys):
+@pytest.mark.parametrize("lora", [True, False])
+def test_final_model_exports_to_the_published_format_and_loads_back(tmp_path, capsys, lora):
     original = write_llada(tmp_path / "llada", dtype=torch.bfloat16)
     policy = DiffusionLM.load_base(FAMILIES["llada"], str(tmp_path / "llada"), torch.float32)
-    add_lora(policy, r=4, alpha=8, dropout=0.0)
+    if lora:
+        add_lora(policy, r=4, alpha=8, dropout=0.0)
     for name, p in policy.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_()                                    # a trained adapter
-    policy.save(tmp_path / "final")
+        if "lora_B" in name or not lora:
+            p.data.add_(0.1 * torch.randn_like(p))             # trained adapters, or trained full weights
+    policy.save(tmp_path / "final")                             # adapters + base path, or a Llama directory
     main(["export", str(tmp_path / "final"), str(tmp_path / "exported"), "--dtype", "float32"])
     assert "exported" in capsys.readouterr().out
     exported = tmp_path / "exported"
@@ -170,7 +172,7 @@ def test_final_model_exports_to_the_published_format_and_loads_back(tmp_path, ca
     assert (exported / "modeling_llada.py").is_file() and (exported / "configuration_llada.py").is_file()
     reloaded = DiffusionLM.load_base(FAMILIES["llada"], str(exported), torch.float32).eval()
     ids = torch.randint(5, 100, (2, 8))
-    assert torch.allclose(reloaded(ids), policy.eval()(ids), atol=1e-4)         # the adapters merged in
+    assert torch.allclose(reloaded(ids), policy.eval()(ids), atol=1e-4)         # adapters merged in
 
 
 @pytest.mark.parametrize("option, phrase", [
@@ -235,3 +237,13 @@ def test_nf4_quantization_is_refused_on_cpu_in_one_sentence(tmp_path):
                                               "model.quantization=nf4"])
     with pytest.raises(UserError, match=r"model.quantization=nf4 .* runs on a CUDA GPU only"):
         build_policy(cfg)
+
+
+def test_the_attention_implementation_is_transformers_own_choice(tmp_path):
+    write_llada(tmp_path)
+    policies = {name: DiffusionLM.load_base(FAMILIES["llada"], str(tmp_path), torch.float32,
+                                            attn_implementation=name).eval() for name in ("sdpa", "eager")}
+    assert {name: p.transformer.config._attn_implementation for name, p in policies.items()} == {
+        "sdpa": "sdpa", "eager": "eager"}
+    ids = torch.randint(5, 100, (2, 8))
+    assert torch.allclose(policies["sdpa"](ids), policies["eager"](ids), atol=1e-5)
