@@ -62,6 +62,7 @@ def test_a_llada_checkpoint_loads_on_llama_and_computes_llada(tmp_path, tied):
     tensors = write_llada(tmp_path, weight_tying=tied, rms_norm_eps=0.05)
     policy = DiffusionLM.load_base(FAMILIES["llada"], str(tmp_path), torch.float32).eval()
     assert policy.family.name == "llada" and type(policy.transformer) is LlamaForCausalLM
+    assert policy.decoder_layer_classes == {"LlamaDecoderLayer"}                   # what FSDP2 shards
     assert (policy.mask_id, policy.eos_id) == (LLADA_CONFIG["mask_token_id"], 2)      # mask id from config.json
     assert policy.published["config"]["model_type"] == "llada"
     assert policy.transformer.model.embed_tokens.padding_idx is None                # LLaDA's wte has none
@@ -80,6 +81,7 @@ def test_a_dream_checkpoint_loads_on_qwen2_with_dreams_position_ids(tmp_path):
     tensors = write_dream(tmp_path)
     policy = DiffusionLM.load_base(FAMILIES["dream"], str(tmp_path), torch.float32).eval()
     assert policy.family.name == "dream" and type(policy.transformer) is Qwen2ForCausalLM
+    assert policy.decoder_layer_classes == {"Qwen2DecoderLayer"}
     assert (policy.mask_id, policy.eos_id) == (257, 256) and len(policy.tokenizer) == 260
     assert policy.transformer.model.embed_tokens.padding_idx == 256                 # Dream's: its pad token
     assert policy.transformer.config.use_sliding_window is False
