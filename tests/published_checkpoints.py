@@ -117,8 +117,8 @@ def write_llada(directory: Path, seed: int = 0, shards: int = 2, dtype: torch.dt
     tensors = llada_tensors(config, seed)
     write_shards(directory, {k: v for k, v in tensors.items() if k not in drop}, shards, dtype)
     (directory / "config.json").write_text(json.dumps(config))
-    for module in ("configuration_llada", "modeling_llada"):       # the authors' remote code (placeholders)
-        (directory / f"{module}.py").write_text("# the authors' file would be here\n")
+    (directory / "configuration_llada.py").write_text("# the authors' file would be here\n")   # placeholders
+    (directory / "modeling_llada.py").write_text("from .configuration_llada import LLaDAConfig  # the authors' file\n")
     tokenizer = build_char_tokenizer()
     tokenizer.mask_token = None        # LLaDA's tokenizer does not name <|mdm_mask|>; config.json's mask_token_id does
     tokenizer.save_pretrained(directory)
@@ -145,6 +145,7 @@ def write_dream(directory: Path, seed: int = 0, shards: int = 2, dtype: torch.dt
         "eos_token": "<|endoftext|>", "errors": "replace", "model_max_length": 131072,
         "pad_token": "<|endoftext|>", "split_special_tokens": False, "tokenizer_class": "DreamTokenizer",
         "unk_token": None}))
-    for module in ("configuration_dream", "modeling_dream", "tokenization_dream", "generation_utils"):
+    for module in ("configuration_dream", "tokenization_dream", "generation_utils"):   # placeholders
         (directory / f"{module}.py").write_text("# the authors' file would be here\n")
+    (directory / "modeling_dream.py").write_text("from .generation_utils import DreamGenerationMixin  # the authors'\n")
     return tensors

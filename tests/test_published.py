@@ -155,24 +155,25 @@ def test_the_recipes_lora_targets_are_the_published_effective_ones(tmp_path):
         assert adapted == expected
 
 
-@pytest.mark.parametrize("lora", [True, False])
-def test_final_model_exports_to_the_published_format_and_loads_back(tmp_path, capsys, lora):
-    original = write_llada(tmp_path / "llada", dtype=torch.bfloat16)
-    policy = DiffusionLM.load_base(FAMILIES["llada"], str(tmp_path / "llada"), torch.float32)
+@pytest.mark.parametrize("family, lora", [("llada", True), ("llada", False), ("dream", True)])
+def test_final_model_exports_to_the_published_format_and_loads_back(tmp_path, capsys, family, lora):
+    original = (write_llada if family == "llada" else write_dream)(tmp_path / "base", dtype=torch.bfloat16)
+    policy = DiffusionLM.load_base(FAMILIES[family], str(tmp_path / "base"), torch.float32)
     if lora:
         add_lora(policy, r=4, alpha=8, dropout=0.0)
     for name, p in policy.named_parameters():
         if "lora_B" in name or not lora:
             p.data.add_(0.1 * torch.randn_like(p))             # trained adapters, or trained full weights
-    policy.save(tmp_path / "final")                             # adapters + base path, or a Llama directory
+    policy.save(tmp_path / "final")                             # adapters + base path, or a Llama / Qwen2 directory
     main(["export", str(tmp_path / "final"), str(tmp_path / "exported"), "--dtype", "float32"])
     assert "exported" in capsys.readouterr().out
-    exported = tmp_path / "exported"
-    assert json.loads((exported / "config.json").read_text()) == LLADA_CONFIG
+    base, exported = tmp_path / "base", tmp_path / "exported"
     names = {name for shard in exported.glob("*.safetensors") for name in safe_open(shard, "pt").keys()}
-    assert names == set(original)                                               # LLaDA's own tensor names
-    assert (exported / "modeling_llada.py").is_file() and (exported / "configuration_llada.py").is_file()
-    reloaded = DiffusionLM.load_base(FAMILIES["llada"], str(exported), torch.float32).eval()
+    assert names == set(original)                                               # the authors' tensor names
+    assert json.loads((exported / "config.json").read_text()) == json.loads((base / "config.json").read_text())
+    for published in ["tokenizer_config.json", *(p.name for p in base.glob("*.py"))]:   # copied as published
+        assert (exported / published).read_bytes() == (base / published).read_bytes(), published
+    reloaded = DiffusionLM.load_base(FAMILIES[family], str(exported), torch.float32).eval()
     ids = torch.randint(5, 100, (2, 8))
     assert torch.allclose(reloaded(ids), policy.eval()(ids), atol=1e-4)         # adapters merged in
 

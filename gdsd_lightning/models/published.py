@@ -38,6 +38,7 @@ from typing import Callable
 
 import torch
 from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config, Qwen2Tokenizer
+from transformers.dynamic_module_utils import get_relative_imports
 from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 from transformers.utils import cached_file
 
@@ -348,9 +349,10 @@ def quantization_kwargs(quantization: str | None, dtype: torch.dtype) -> dict:
 
 def write_published(policy, directory: str | Path, max_shard_size: str = "5GB") -> list[str]:
     """The policy's weights (LoRA adapters merged in) in the authors' format: their config.json,
-    their tensor names in safetensors shards with an index, the tokenizer, and the remote-code
-    files config.json's auto_map names, copied from the base checkpoint. Returns the names of
-    those files it could not find there (the directory then needs them from the hub repo)."""
+    their tensor names in safetensors shards with an index, and the base checkpoint's own
+    tokenizer files, generation config and the remote-code files the auto_maps name, copied as
+    published (so transformers 4 and the authors' code read them). Returns the remote-code files
+    it could not find at the base (the directory then needs them from the hub repository)."""
     from huggingface_hub import save_torch_state_dict
 
     if policy.published is None:
@@ -365,20 +367,47 @@ def write_published(policy, directory: str | Path, max_shard_size: str = "5GB") 
     directory.mkdir(parents=True, exist_ok=True)
     save_torch_state_dict(state, directory, max_shard_size=max_shard_size)
     (directory / "config.json").write_text(json.dumps(raw, indent=2))
-    policy.tokenizer.save_pretrained(directory)
-    missing = []
-    for filename in remote_code_files(raw) + ["generation_config.json"]:
+    if "tokenizer_config.json" not in copy_files(source, directory, TOKENIZER_FILES):
+        policy.tokenizer.save_pretrained(directory)     # the base's files are gone: transformers' own format
+    copy_files(source, directory, ["generation_config.json"])
+    return copy_remote_code(source, directory, remote_code_files(raw) + remote_code_files(
+        read_json(directory, "tokenizer_config.json", required=False)))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json")
+
+
+def copy_files(source: str, directory: Path, filenames) -> list[str]:
+    """Copy those of `filenames` that the checkpoint `source` (directory or cached hub repo) has."""
+    copied = []
+    for filename in filenames:
         found = cached_file(source, filename, _raise_exceptions_for_missing_entries=False)
         if found is not None:
             shutil.copy(found, directory / filename)
-        elif filename.endswith(".py"):
+            copied.append(filename)
+    return copied
+
+
+def copy_remote_code(source: str, directory: Path, filenames: list[str]) -> list[str]:
+    """Copy the .py files `filenames` and, recursively, the files they import relatively
+    (modeling_dream.py imports generation_utils.py); returns those the base does not have."""
+    missing, pending, seen = [], list(filenames), set()
+    while pending:
+        filename = pending.pop()
+        if filename in seen:
+            continue
+        seen.add(filename)
+        if copy_files(source, directory, [filename]):
+            pending += [f"{module}.py" for module in get_relative_imports(directory / filename)]
+        else:
             missing.append(filename)
-    return missing
+    return sorted(missing)
 
 
-def remote_code_files(raw: dict) -> list[str]:
-    """The .py files config.json's auto_map names ("modeling_llada.LLaDAModelLM" -> modeling_llada.py)."""
+def remote_code_files(settings: dict | None) -> list[str]:
+    """The .py files an auto_map names ("modeling_llada.LLaDAModelLM" -> modeling_llada.py)."""
     references = []
-    for value in (raw.get("auto_map") or {}).values():
+    for value in ((settings or {}).get("auto_map") or {}).values():
         references += [value] if isinstance(value, str) else [v for v in value if v]
     return sorted({reference.split("--")[-1].split(".")[0] + ".py" for reference in references})
