@@ -79,6 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     p_data = command("make-data", "regenerate the frozen sudoku / countdown splits (deterministic)", "[--out D]")
     p_data.add_argument("--out", default="data", help="output directory (default: data)")
     command("list", "list the experiments with their descriptions")
+    p_export = command("export", "write a trained llada / dream model in the authors' published format",
+                       "MODEL OUT [--dtype bfloat16]")
+    p_export.add_argument("model", help="a saved model directory, e.g. runs/<experiment>/latest/final (LoRA "
+                                        "adapters are merged into the base weights)")
+    p_export.add_argument("out", help="output directory: the authors' config.json, safetensors shards under their "
+                                      "tensor names, the tokenizer and the base's remote-code files")
+    p_export.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                          help="dtype of the written weights (default: bfloat16, as published)")
     args, overrides = parser.parse_known_args(argv)   # key=value config overrides, anywhere
     unknown = [o for o in overrides if "=" not in o or o.startswith("-")]
     if unknown:
@@ -112,6 +120,15 @@ def main(argv: list[str] | None = None) -> None:
             for name in GENERATED_TASKS:
                 for path in write_splits(args.out, name):
                     print(f"wrote {path}")
+        elif args.command == "export":
+            import torch
+
+            from gdsd_lightning.models import DiffusionLM
+            from gdsd_lightning.models.published import write_published
+
+            missing = write_published(DiffusionLM.load(args.model, getattr(torch, args.dtype)), args.out)
+            print(f"exported {args.model} to {args.out} in the published format"
+                  + (f"; copy {', '.join(missing)} there from the base's hub repository" if missing else ""))
         elif args.command == "list":
             from gdsd_lightning.config import describe_experiments
 

@@ -48,7 +48,9 @@ class ModelConfig:
     lora_r: int = 0                        # LoRA rank; 0 trains the full weights
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: Optional[list[str]] = None   # default: the family's decoder-layer linears
+    lora_target_modules: Optional[list[str]] = None   # default: all seven linears of each decoder layer
+    quantization: Optional[str] = None     # nf4: 4-bit NF4 base weights under LoRA (QLoRA, bitsandbytes; CUDA only)
+    attn_implementation: str = "sdpa"      # loaded weights: transformers' sdpa | flash_attention_2 | eager
     hidden_size: int = 128                 # the tiny families' shape (ignored when loading weights)
     num_layers: int = 4
     num_heads: int = 4
@@ -263,7 +265,6 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"sampler.steps must be in 1..gen_length ({s.gen_length}), got {s.steps}")
     if cfg.task.prompt_style not in ("plain", "chat"):
         problems.append(f"task.prompt_style must be 'plain' or 'chat', got {cfg.task.prompt_style!r}")
-    from gdsd_lightning.models.families import FAMILIES
     from gdsd_lightning.objectives import OBJECTIVES
 
     if cfg.rollout.num_generations < 2 and getattr(OBJECTIVES[cfg.method.name], "uses_groups", False):
@@ -298,9 +299,6 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"{' and '.join(fast)}: fast mode exists for the block sampler only, not sampler.kind={s.kind}")
     if s.fast_threshold is not None and s.remasking != "low_confidence":
         problems.append("sampler.fast_threshold ranks by confidence: it needs sampler.remasking=low_confidence")
-    if s.kv_cache and cfg.model.family in FAMILIES and not FAMILIES[cfg.model.family].kv_cache:
-        problems.append(f"sampler.kv_cache: the {cfg.model.family} family does not support the sampler's KV cache "
-                        "(see FamilySpec.kv_cache in models/families.py)")
     if s.kv_refresh_every is not None and (not s.kv_cache or s.kv_refresh_every < 1):
         problems.append(f"sampler.kv_refresh_every must be a positive number of steps and needs sampler.kv_cache=true, "
                         f"got {s.kv_refresh_every} with kv_cache={s.kv_cache}")

@@ -45,7 +45,6 @@ def test_wrong_type_names_the_key():
     ("rollout.num_generations=1", "at least 2"),
     ("sampler.fast_threshold=0.9 sampler.remasking=random", "needs sampler.remasking=low_confidence"),
     ("sampler.kv_cache=true sampler.kind=dream", "fast mode exists for the block sampler only"),
-    ("sampler.kv_cache=true model.family=llada", "llada family does not support the sampler's KV cache"),
     ("sampler.kv_refresh_every=2", "needs sampler.kv_cache=true"),
     ("sampler.kv_cache=true sampler.kv_refresh_every=0", "kv_refresh_every must be a positive number"),
 ])

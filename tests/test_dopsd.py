@@ -172,6 +172,7 @@ def test_passk_keeps_the_first_correct_else_the_last_or_the_best_with_ties_to_th
                     "entropy": torch.zeros(len(rows)),
                     "rewards": torch.tensor([this[r][0] for r in rows.tolist()]),
                     "correct": torch.tensor([this[r][1] for r in rows.tolist()]),
+                    "metrics": torch.zeros(len(rows), 1),                       # sudoku's solve_rate
                     "states": torch.zeros(len(rows), 8, 16, dtype=torch.long),
                     "state_blocks": torch.zeros(len(rows), 8, dtype=torch.long)}
 

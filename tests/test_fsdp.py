@@ -1,6 +1,7 @@
 """FSDP2 through Lightning's ModelParallelStrategy on two CPU processes (gloo), and published
-recipes (LoRA, chat prompts, their mu) run for a few steps on tiny stand-ins with the CPU smoke overlay
-(experiments/_base/cpu_smoke.yaml, data/smoke/)."""
+recipes (LoRA on the published targets, gradient checkpointing, chat prompts, their mu) run for a
+few steps with the CPU smoke overlay (experiments/_base/cpu_smoke.yaml, data/smoke/) on tiny
+checkpoints in LLaDA's and Dream's published formats."""
 
 import json
 import os
@@ -13,6 +14,7 @@ from gdsd_lightning.train import train
 from gdsd_lightning.config import load_experiment
 from gdsd_lightning.models import DiffusionLM
 from tests.conftest import make_tiny, rl_overrides
+from tests.published_checkpoints import write_dream, write_llada
 
 
 def clean_env() -> dict:
@@ -33,18 +35,21 @@ def test_fsdp2_on_two_cpu_processes_trains_and_saves_full_weights(tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_dir()          # sharded checkpoint: one directory
 
 
-@pytest.mark.parametrize("recipe, family", [("gdsd_llada_math", "tiny-llada"), ("diffu_grpo_llada_gsm8k", "tiny-llada"),
-                                            ("gdsd_llada_code", "tiny-llada"), ("gdsd_dream_countdown", "tiny-dream")])
-def test_published_recipes_run_on_cpu_with_a_tiny_stand_in_and_the_smoke_overlay(tmp_path, recipe, family):
-    stand_in = tmp_path / family
-    make_tiny(family).save(stand_in)
-    overrides = ["extends=_base/cpu_smoke.yaml", f"model.path={stand_in}", f"runs_dir={tmp_path / 'runs'}", "run_name=cpu"]
-    mu = load_experiment(recipe, overrides).method.num_iterations
+@pytest.mark.parametrize("recipe, family", [("gdsd_llada_math", "llada"), ("diffu_grpo_llada_gsm8k", "llada"),
+                                            ("gdsd_llada_code", "llada"), ("gdsd_dream_countdown", "dream")])
+def test_published_recipes_run_on_cpu_on_published_format_checkpoints_with_the_smoke_overlay(tmp_path, recipe, family):
+    checkpoint = tmp_path / family
+    (write_llada if family == "llada" else write_dream)(checkpoint)
+    overrides = ["extends=_base/cpu_smoke.yaml", f"model.path={checkpoint}", f"runs_dir={tmp_path / 'runs'}", "run_name=cpu"]
+    cfg = load_experiment(recipe, overrides)
+    assert cfg.model.gradient_checkpointing and cfg.model.family == family
+    mu = cfg.method.num_iterations
     one_rollout = [f"trainer.{key}={mu}" for key in ("max_steps", "val_every_n_steps", "checkpoint_every_n_steps")]
     run_dir = train(load_experiment(recipe, overrides + one_rollout))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == mu and summary["rollouts"] == 1           # mu optimiser steps on one rollout
     final = run_dir / "final"
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
-    tuned = DiffusionLM.load(final)                               # LoRA adapters on top of the stand-in
+    tuned = DiffusionLM.load(final)                               # LoRA adapters on top of the published checkpoint
     assert tuned.family.name == family and hasattr(tuned.model, "disable_adapter")
+    assert json.loads((final / "gdsd_family.json").read_text())["base"] == str(checkpoint.resolve())

@@ -1,6 +1,7 @@
 """The paths of the real families (LLaDA, Dream) that do not need their weights: LoRA targets,
 the adapter-disabled reference, saving adapters, chat prompts, layer classes to shard, the
-recipes' configs, and failing fast when the hub is unreachable."""
+recipes' configs, and failing fast when the hub is unreachable (checkpoints in the published
+formats: test_published.py)."""
 
 import json
 import re
@@ -14,30 +15,27 @@ from gdsd_lightning.cli import main
 from gdsd_lightning.config import list_experiments, load_experiment
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.generation import prompt_texts
-from gdsd_lightning.models import FAMILIES, DiffusionLM
-from gdsd_lightning.models.families import lora_target_pattern
+from gdsd_lightning.models import DiffusionLM
+from gdsd_lightning.models.families import DECODER_LINEARS, lora_target_pattern
 from gdsd_lightning.models.lora import AdapterDisabled, add_lora, frozen_reference
 from gdsd_lightning.tasks import get_task
 from tests.conftest import make_tiny
 
-# Module names of LLaDA-8B (modeling_llada.py, OLMo-style blocks) and Dream-7B (Qwen2-style layers).
+# Module names of LLaDA-8B as the authors' modeling_llada.py builds them (OLMo-style blocks), which
+# the published runs gave peft together with all seven Llama names.
 LLADA_MODULES = ["model.transformer.wte", "model.transformer.blocks.0.q_proj", "model.transformer.blocks.0.k_proj",
                  "model.transformer.blocks.0.v_proj", "model.transformer.blocks.0.attn_out",
                  "model.transformer.blocks.0.ff_proj", "model.transformer.blocks.0.up_proj",
                  "model.transformer.blocks.0.ff_out", "model.transformer.ln_f", "model.transformer.ff_out"]
-DREAM_MODULES = ["model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.o_proj",
-                 "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.down_proj", "lm_head"]
 
 
-def targets(family: str, names: list[str]) -> list[str]:
-    pattern = lora_target_pattern(FAMILIES[family].lora_target_modules)
-    return [n for n in names if re.fullmatch(pattern, n)]
-
-
-def test_lora_targets_of_the_real_families_are_their_own_layer_names():
-    assert targets("llada", LLADA_MODULES) == LLADA_MODULES[1:8]          # the 7 block linears, not the LM head
-    assert targets("dream", DREAM_MODULES) == DREAM_MODULES[1:5]
-    assert FAMILIES["llada"].mask_token_id == 126336 and FAMILIES["dream"].mask_token_id == 151666
+def test_the_published_llada_runs_adapted_four_layers_which_our_recipes_name():
+    """peft matched the releases' seven Llama names against LLaDA's own module names: four hit."""
+    pattern = lora_target_pattern(DECODER_LINEARS)
+    hit = [n.rsplit(".", 1)[-1] for n in LLADA_MODULES if re.fullmatch(pattern, n)]
+    assert hit == ["q_proj", "k_proj", "v_proj", "up_proj"]
+    assert list(load_experiment("gdsd_llada_math", []).model.lora_target_modules) == hit
+    assert list(load_experiment("gdsd_dream_countdown", []).model.lora_target_modules) == list(DECODER_LINEARS)
 
 
 @pytest.mark.parametrize("family, layer", [("tiny-llada", "LlamaDecoderLayer"), ("tiny-dream", "Qwen2DecoderLayer")])
@@ -108,6 +106,10 @@ def test_published_recipes_exist_and_load():
     cfg = load_experiment("gdsd_llada_math", [])
     assert (cfg.model.family, cfg.model.lora_r, cfg.trainer.strategy, cfg.method.psi, cfg.method.beta) == (
         "llada", 128, "fsdp", 10.0, 1e-4)
+    for qlora in ("diffu_grpo_llada_gsm8k", "wd1_llada_gsm8k", "spg_llada_gsm8k", "dopsd_llada_math"):
+        cfg = load_experiment(qlora, [])                  # the releases that loaded LLaDA in 4 bits
+        assert (cfg.model.quantization, cfg.trainer.strategy) == ("nf4", "ddp")
+    assert load_experiment("espo_llada_math", []).model.quantization is None
 
 
 def test_unreachable_weights_fail_fast_in_one_sentence(monkeypatch, capsys):

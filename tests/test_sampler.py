@@ -106,12 +106,13 @@ class ShiftedTwin(torch.nn.Module):
         self.inner = inner
         self.config = inner.config
 
-    def forward(self, input_ids, attention_mask=None):
-        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        logits = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         return type("Out", (), {"logits": shift_left(logits)})()
 
-    def base_model(self, input_ids, attention_mask=None):
-        hidden = self.inner.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def base_model(self, input_ids, attention_mask=None, position_ids=None):
+        hidden = self.inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                       position_ids=position_ids).last_hidden_state
         return type("Out", (), {"last_hidden_state": shift_left(hidden)})()
 
     def get_output_embeddings(self):
@@ -260,12 +261,3 @@ def test_kv_cache_sampling_is_exact_with_one_step_per_block_or_a_refresh_every_s
     exact = sampled()
     assert not torch.equal(sampled(kv_cache=True), exact)
     assert torch.equal(sampled(kv_cache=True, kv_refresh_every=1), exact)
-
-
-def test_kv_cache_is_refused_for_a_family_without_support(tiny_llada, monkeypatch):
-    from dataclasses import replace
-
-    monkeypatch.setattr(tiny_llada, "family", replace(tiny_llada.family, kv_cache=False))
-    ids, mask = tiny_llada.encode_prompts(PROMPTS)
-    with pytest.raises(UserError, match="does not support the sampler's KV cache"):
-        block_sample(tiny_llada, ids, mask, 8, 4, 4, kv_cache=True)

@@ -5,7 +5,10 @@
     model.mask_id, model.eos_id, model.pad_id   # from the tokenizer
     model.encode_prompts(texts) / model.decode(completion_ids)
     model.save(dir) / DiffusionLM.load(dir)     # Hugging Face save_pretrained directories
-    DiffusionLM.load_base(family, hub_id_or_dir)  # real families: the hub or a local copy
+    DiffusionLM.load_base(family, source)       # a published checkpoint (hub id or directory)
+
+Every forward passes the family's position ids (`position_ids`): Dream counts them from each
+row's first real token under left padding, as its own generation does.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, Cache, PreTrainedModel
+from transformers import Cache, PreTrainedModel
 
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.hub import offline_unless_reachable, unreachable
 from gdsd_lightning.models.families import FAMILIES, FamilySpec, make_bidirectional
+from gdsd_lightning.models.published import load_pretrained
 
 FAMILY_FILE = "gdsd_family.json"
 
@@ -39,9 +42,19 @@ class DiffusionLM(nn.Module):
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.base_source: str | None = None   # where the weights came from (saved beside LoRA adapters)
+        self.published: dict | None = None    # {"config": the authors' config.json, "source": where}: for export
+
+    def position_ids(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T) position ids, or None for 0..T-1. Dream's generation_utils.py: the cumulative count
+        of real tokens minus one, pads at 1, so a left-padded row starts at 0 on its first real token.
+        (With RoPE and masked pads this moves the logits only by rounding.)"""
+        if attention_mask is None or not self.family.positions_from_first_token:
+            return None
+        return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=self.position_ids(attention_mask)).logits
         if self.family.shift_logits:  # position l-1 predicts token l; position 0 predicts nothing
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
@@ -55,11 +68,8 @@ class DiffusionLM(nn.Module):
                   positions: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, k, H) that predict the tokens at `positions` (B, k); `head` turns
         them into logits. Dream's shift is applied here (position l-1 predicts token l)."""
-        out = self.transformer.base_model(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = getattr(out, "last_hidden_state", None)
-        if hidden is None:  # remote code whose backbone returns logits only (LLaDA): post-norm states
-            hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask,
-                                      output_hidden_states=True).hidden_states[-1]
+        hidden = self.transformer.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                             position_ids=self.position_ids(attention_mask)).last_hidden_state
         source = (positions - 1 if self.family.shift_logits else positions).clamp(min=0)
         return torch.take_along_dim(hidden, source.unsqueeze(-1), dim=1)
 
@@ -78,7 +88,7 @@ class DiffusionLM(nn.Module):
                       positions: torch.Tensor, cache: Cache | None = None) -> tuple[torch.Tensor, Cache]:
         """Denoiser logits (B, k, V) at `positions` (B, k), each inside the window start..end-1,
         with the keys and values of every position outside the window cached (Fast-dLLM's dual
-        cache; families with `kv_cache` only). The whole window runs; the LM head sees `positions` only.
+        cache). The whole window runs; the LM head sees `positions` only.
 
         Without `cache`: one forward over the whole sequence, reordered as [outside ; window] with
         each token keeping its own position id (bidirectional attention does not see the order),
@@ -87,16 +97,15 @@ class DiffusionLM(nn.Module):
         which is left as it was. Not exact once the window's tokens differ from the cached call's:
         the outside's keys and values do not see the change. The window is shifted by one for a
         family whose position l-1 predicts token l."""
-        if not self.family.kv_cache:
-            raise UserError(f"the {self.family.name} family does not support the sampler's KV cache "
-                            "(sampler.kv_cache); see FamilySpec.kv_cache in models/families.py")
         shift = int(self.family.shift_logits)
         length = input_ids.shape[1]
         window = torch.arange(start - shift, end - shift, device=input_ids.device)
         outside = torch.cat([torch.arange(0, start - shift, device=input_ids.device),
                              torch.arange(end - shift, length, device=input_ids.device)])
         order = torch.cat([outside, window])
-        position_ids = order.unsqueeze(0).expand(input_ids.shape[0], -1)
+        family_positions = self.position_ids(attention_mask)
+        position_ids = order.unsqueeze(0).expand(input_ids.shape[0], -1) if family_positions is None \
+            else family_positions[:, order]
         backbone = self.transformer.base_model
         if cache is None:
             out = backbone(input_ids=input_ids[:, order], attention_mask=attention_mask[:, order],
@@ -115,10 +124,9 @@ class DiffusionLM(nn.Module):
 
     @property
     def decoder_layer_classes(self) -> set[str]:
-        """Class names to shard / checkpoint per layer (the family's, else `_no_split_modules`)."""
-        if self.family.decoder_layer:
-            return {self.family.decoder_layer}
-        return set(getattr(self.transformer, "_no_split_modules", None) or [])
+        """Class names to shard per layer: transformers' `_no_split_modules` (LlamaDecoderLayer,
+        Qwen2DecoderLayer)."""
+        return set(self.transformer._no_split_modules)
 
     # ---- text <-> ids -------------------------------------------------------------------
     def encode_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,17 +159,20 @@ class DiffusionLM(nn.Module):
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, directory: str | Path, state_dict: dict | None = None) -> None:
-        """A save_pretrained directory plus the family; with LoRA only the adapters are written and
-        `base` records where the base weights come from. `state_dict`: full weights gathered from
-        shards (FSDP), keys as in `self.model.state_dict()`."""
+        """A save_pretrained directory (transformers' Llama / Qwen2 format) plus the family; with LoRA
+        only the adapters are written and `base` records where the base weights come from. The
+        published config of a real family is kept for `export`. `state_dict`: full weights
+        gathered from shards (FSDP), keys as in `self.model.state_dict()`."""
         directory = Path(directory)
         self.model.save_pretrained(directory, state_dict=state_dict)
         self.tokenizer.save_pretrained(directory)
-        record = {"family": self.family.name, **({"base": self.base_source} if self.transformer is not self.model else {})}
+        record = {"family": self.family.name, **({"base": self.base_source} if self.transformer is not self.model else {}),
+                  **({"published": self.published} if self.published else {})}
         (directory / FAMILY_FILE).write_text(json.dumps(record))
 
     @classmethod
-    def load(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "DiffusionLM":
+    def load(cls, directory: str | Path, dtype: torch.dtype = torch.float32, quantization: str | None = None,
+             attn_implementation: str = "sdpa") -> "DiffusionLM":
         directory = Path(directory)
         if not (directory / FAMILY_FILE).is_file():
             raise UserError(f"{directory} is not a saved gdsd_lightning model (no {FAMILY_FILE})")
@@ -170,30 +181,23 @@ class DiffusionLM(nn.Module):
         if "base" in record:                       # LoRA adapters on top of a base
             from peft import PeftModel
 
-            policy = cls.load_base(family, record["base"], dtype)
+            policy = cls.load_base(family, record["base"], dtype, quantization, attn_implementation)
             policy.model = PeftModel.from_pretrained(policy.model, directory, is_trainable=True)
             return policy
-        return cls.load_base(family, str(directory), dtype)
+        return cls.load_base(family, str(directory), dtype, quantization, attn_implementation)
 
     @classmethod
-    def load_base(cls, family: FamilySpec, source: str, dtype: torch.dtype) -> "DiffusionLM":
-        """Weights from a saved directory or (real families) a hub id; a remote-code family loads
-        with its own modeling code. Fails in seconds, in one sentence, when the hub is unreachable
-        and the weights are not cached."""
+    def load_base(cls, family: FamilySpec, source: str, dtype: torch.dtype, quantization: str | None = None,
+                  attn_implementation: str = "sdpa") -> "DiffusionLM":
+        """Weights from a published checkpoint (hub id or directory; models/published.py) or a saved
+        directory, on the family's transformers class; no remote code runs."""
         local = Path(source).is_dir()
-        if local and (Path(source) / FAMILY_FILE).is_file():
-            family = FAMILIES[json.loads((Path(source) / FAMILY_FILE).read_text())["family"]]
-        online = local or offline_unless_reachable()
-        loader = AutoModel if family.pretrained else AutoModelForCausalLM
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=family.pretrained)
-            model = loader.from_pretrained(source, dtype=dtype, trust_remote_code=family.pretrained)
-        except OSError as err:          # the hub's errors (missing repo, offline) are OSErrors
-            if not online:
-                raise unreachable(f"{family.name} model", source, "set model.path=<local directory>") from None
-            raise UserError(f"cannot load {family.name} model {source!r}: {str(err).splitlines()[0]}") from None
-        if tokenizer.mask_token_id is None and family.mask_token_id is not None:
-            tokenizer.mask_token = tokenizer.convert_ids_to_tokens(family.mask_token_id)
+        record = Path(source) / FAMILY_FILE
+        saved = json.loads(record.read_text()) if local and record.is_file() else {}
+        family = FAMILIES[saved.get("family", family.name)]
+        model, tokenizer, published_config = load_pretrained(family, source, dtype, quantization, attn_implementation)
         policy = cls(model, tokenizer, family)
         policy.base_source = str(Path(source).resolve()) if local else source
+        policy.published = saved.get("published") if published_config is None else {
+            "config": published_config, "source": policy.base_source}
         return policy

@@ -29,28 +29,55 @@ def build_policy(cfg: DictConfig) -> DiffusionLM:
     m = cfg.model
     if m.family not in FAMILIES:
         raise UserError(f"unknown model.family {m.family!r}; known families: {', '.join(sorted(FAMILIES))}")
+    check_quantization(cfg)
     family, dtype = FAMILIES[m.family], getattr(torch, m.dtype)
+    loading = {"dtype": dtype, "quantization": m.quantization, "attn_implementation": m.attn_implementation}
     if m.path and (family.pretrained or Path(m.path).is_dir()):
-        policy = DiffusionLM.load(m.path, dtype) if (Path(m.path) / FAMILY_FILE).is_file() \
-            else DiffusionLM.load_base(family, m.path, dtype)
+        policy = DiffusionLM.load(m.path, **loading) if (Path(m.path) / FAMILY_FILE).is_file() \
+            else DiffusionLM.load_base(family, m.path, **loading)
     elif m.path:
         raise UserError(f"model.path {m.path} does not exist")
     elif family.pretrained:
-        policy = DiffusionLM.load_base(family, family.hub_id, dtype)
+        policy = DiffusionLM.load_base(family, family.hub_id, **loading)
     elif m.init_from:
         path = latest_final_model(cfg.runs_dir, m.init_from)
         if path is None:
             raise MissingBaseModel(m.init_from)
-        policy = DiffusionLM.load(path, dtype)
+        policy = DiffusionLM.load(path, **loading)
+    elif m.quantization:
+        raise UserError("model.quantization needs weights to load (model.path or model.init_from), not a fresh model")
     else:
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(family, len(tokenizer), m.hidden_size, m.num_layers, m.num_heads,
                                  m.intermediate_size, m.max_position_embeddings, tokenizer.pad_token_id, cfg.seed)
         policy = DiffusionLM(model.to(dtype), tokenizer, family)
     if m.gradient_checkpointing:
-        policy.transformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.transformer.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if m.lora_r and policy.base_source is None:
         raise UserError("model.lora_r needs base weights to adapt (model.path or model.init_from), not a fresh model")
     if m.lora_r and not has_lora(policy):     # a saved LoRA model keeps training its own adapters
         add_lora(policy, m.lora_r, m.lora_alpha, m.lora_dropout, m.lora_target_modules)
     return policy
+
+
+def check_quantization(cfg: DictConfig) -> None:
+    """`model.quantization=nf4` (QLoRA: a frozen 4-bit base under LoRA adapters, as d1, wd1, SPG and
+    d-OPSD train LLaDA) runs only where bitsandbytes' 4-bit kernels do: on a CUDA GPU, each process
+    holding the whole base (DDP), with LoRA on. Anything else is refused in one sentence."""
+    m = cfg.model
+    if m.quantization is None:
+        return
+    if m.quantization != "nf4":
+        raise UserError(f"model.quantization must be null or 'nf4', got {m.quantization!r}")
+    if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
+        raise UserError("model.quantization=nf4 (4-bit NF4 weights, bitsandbytes) runs on a CUDA GPU only, and "
+                        "this run has none; set model.quantization=null to train the unquantized weights")
+    if cfg.trainer.strategy == "fsdp":
+        raise UserError("model.quantization=nf4 does not combine with trainer.strategy=fsdp (FSDP2 does not shard "
+                        "4-bit weights here); use trainer.strategy=ddp: every GPU holds the whole 4-bit base")
+    if not m.lora_r:
+        raise UserError("model.quantization=nf4 freezes the base in 4 bits: it needs LoRA adapters (model.lora_r > 0)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("model.quantization=nf4 needs bitsandbytes: pip install bitsandbytes") from None

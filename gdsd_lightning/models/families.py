@@ -1,10 +1,13 @@
-"""Model families: how each one is built or loaded, and where its denoiser logits sit.
+"""Model families: which transformers class each one runs on, and where its denoiser logits sit.
 
-`llada` (GSAI-ML/LLaDA-8B-*) and `dream` (Dream-org/Dream-v0-*-7B) load from the hub or a local
-directory with their own modeling code (`trust_remote_code`). `tiny-llada` and `tiny-dream` are
-built offline from transformers' own Llama and Qwen2 classes with bidirectional attention; they
-stand in for LLaDA (logits in place) and Dream (logits shifted by one: position l-1 predicts
-token l). Known token ids and module names of each family live here and nowhere else.
+Every family is a transformers class made bidirectional: `tiny-llada` and `llada` run on
+`LlamaForCausalLM` (logits in place: position l predicts token l), `tiny-dream` and `dream` on
+`Qwen2ForCausalLM` (logits shifted by one: position l-1 predicts token l). The tiny stand-ins are
+built offline; `llada` (GSAI-ML/LLaDA-8B-Instruct, -Base, LLaDA-1.5) and `dream`
+(Dream-org/Dream-v0-Instruct-7B, Dream-Coder-v0-Instruct-7B, apple/DiffuCoder-7B-Instruct) load the
+authors' published checkpoints through `models/published.py`, which maps their config fields and
+tensor names onto these classes. Known token ids and module names of each family live here and in
+published.py, nowhere else.
 """
 
 from __future__ import annotations
@@ -15,25 +18,20 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 
-LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The linear layers inside each Llama / Qwen2 decoder layer: LoRA's default targets.
+DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
 class FamilySpec:
     name: str
-    shift_logits: bool
-    lora_target_modules: tuple[str, ...]     # linear layers inside each decoder layer
-    config_class: type | None = None         # tiny stand-ins: built offline from these
-    model_class: type | None = None
-    hub_id: str | None = None                # real families: default weights (remote code)
-    mask_token_id: int | None = None         # used when the tokenizer does not name its mask token
-    decoder_layer: str | None = None         # class to shard and checkpoint; None: _no_split_modules
-    # The sampler's KV cache (sampler.kv_cache, DiffusionLM.window_logits) needs a backbone that
-    # takes position_ids, use_cache and past_key_values as a transformers Cache (crop included)
-    # and attends bidirectionally over the cached keys. transformers' Llama / Qwen2 do; a real
-    # family opts in by setting this once its modeling code has been checked to (LLaDA's and
-    # Dream's remote code keep their own cache formats, so they stay off).
-    kv_cache: bool = False
+    shift_logits: bool                       # position l-1 predicts token l (Dream)
+    config_class: type
+    model_class: type
+    hub_id: str | None = None                # real families: the default published checkpoint
+    # Dream's own generation counts position ids from each row's first real token under left
+    # padding (pads get id 1); LLaDA's model numbers every position 0..T-1 whatever the padding.
+    positions_from_first_token: bool = False
 
     @property
     def pretrained(self) -> bool:
@@ -41,15 +39,11 @@ class FamilySpec:
 
 
 FAMILIES: dict[str, FamilySpec] = {
-    "tiny-llada": FamilySpec("tiny-llada", False, LLAMA_LINEAR, LlamaConfig, LlamaForCausalLM, kv_cache=True),
-    "tiny-dream": FamilySpec("tiny-dream", True, LLAMA_LINEAR, Qwen2Config, Qwen2ForCausalLM, kv_cache=True),
-    # LLaDA's blocks (LLaDALlamaBlock, OLMo-style) do not use the Llama names: attention output
-    # is attn_out, the MLP is ff_proj (gate) / up_proj / ff_out (down). The model-level LM head is
-    # also called ff_out, which is why targets are matched inside numbered layers only.
-    "llada": FamilySpec("llada", False, ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"),
-                        hub_id="GSAI-ML/LLaDA-8B-Instruct", mask_token_id=126336, decoder_layer="LLaDALlamaBlock"),
-    "dream": FamilySpec("dream", True, LLAMA_LINEAR, hub_id="Dream-org/Dream-v0-Instruct-7B", mask_token_id=151666,
-                        decoder_layer="DreamDecoderLayer"),
+    "tiny-llada": FamilySpec("tiny-llada", False, LlamaConfig, LlamaForCausalLM),
+    "tiny-dream": FamilySpec("tiny-dream", True, Qwen2Config, Qwen2ForCausalLM, positions_from_first_token=True),
+    "llada": FamilySpec("llada", False, LlamaConfig, LlamaForCausalLM, hub_id="GSAI-ML/LLaDA-8B-Instruct"),
+    "dream": FamilySpec("dream", True, Qwen2Config, Qwen2ForCausalLM, hub_id="Dream-org/Dream-v0-Instruct-7B",
+                        positions_from_first_token=True),
 }
 
 

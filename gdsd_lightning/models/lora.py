@@ -15,16 +15,17 @@ import torch
 
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
-from gdsd_lightning.models.families import lora_target_pattern
+from gdsd_lightning.models.families import DECODER_LINEARS, lora_target_pattern
 
 
 def add_lora(policy: DiffusionLM, r: int, alpha: int, dropout: float, names: list[str] | None = None) -> None:
-    """Wrap the policy's transformer with LoRA adapters on `names` (default: the family's linear
-    layers) inside its decoder layers. Every name must exist there: peft silently skips names that
-    match nothing, which is how Llama names on LLaDA would train only half the intended layers."""
+    """Wrap the policy's transformer with LoRA adapters on `names` (default: all seven linear layers
+    of a Llama / Qwen2 decoder layer) inside its decoder layers. Every name must exist there: peft
+    silently skips names that match nothing (which is how the published LLaDA runs, asking for all
+    seven Llama names of LLaDA's own modules, trained only q_proj, k_proj, v_proj and up_proj)."""
     from peft import LoraConfig, get_peft_model
 
-    names = tuple(names or policy.family.lora_target_modules)
+    names = tuple(names or DECODER_LINEARS)
     pattern = lora_target_pattern(names)
     found = {n.rsplit(".", 1)[-1] for n, _ in policy.model.named_modules() if re.fullmatch(pattern, n)}
     missing = [n for n in names if n not in found]
