@@ -15,7 +15,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gdsd_lightning.cli import train
+from gdsd_lightning.train import train
 from gdsd_lightning.config import load_experiment
 from gdsd_lightning.models.build import build_policy
 from tests.published_checkpoints import write_llada
