@@ -14,7 +14,7 @@ import ast
 import re
 
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.tasks.base import HubSplits, Task
+from gdsd_lightning.tasks.base import REASONING_SYSTEM_PROMPT, HubSplits, Task
 from gdsd_lightning.tasks.sandbox import Limits, run_python
 
 CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.S)
@@ -42,6 +42,7 @@ class CodeTask(Task):
     """Scoring shared by the code tasks: subclasses say which test programs a solution must pass."""
 
     limits = Limits()      # per test program: wall clock, memory, processes, file size
+    system_prompt = REASONING_SYSTEM_PROMPT
 
     def program(self, code: str, example: dict) -> str:
         """The solution program built from the completion's code."""
