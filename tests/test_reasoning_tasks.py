@@ -114,6 +114,10 @@ def test_math_dopsd_gate_and_the_accuracy_checker():
     dopsd = get_task("math", "chat", "dopsd")
     assert dopsd.is_correct("<reasoning>\nhalve\n</reasoning>\n<answer>\n\\boxed{\\frac12}\n</answer>", row)
     assert not dopsd.is_correct("<answer>\\frac{1}{2}</answer>", row)   # no box: the whole completion
+    assert dopsd.is_correct("<answer>\\frac12</answer> \\boxed{", row)   # unbalanced box: the answer tag
+    slash = {"problem": "p", "solution": "so \\boxed{x/2}"}
+    assert not dopsd.is_correct("\\boxed{x/ 2}", slash)                  # strict: x/2 raises, raw strings differ
+    assert get_task("math").reward("\\boxed{x/ 2}", slash) == 2.0 + 0.5 * (0 + 1)   # lenient: spaces dropped
     gdsd = get_task("math")
     assert gdsd.is_correct("<answer>\\boxed{\\frac{2}{4}}</answer>", row)   # accuracy: math-verify
     assert not gdsd.is_correct("<answer>\\boxed{\\frac{1}{3}}</answer>", row)

@@ -210,6 +210,8 @@ def test_countdown_reads_the_hub_rows_and_keeps_three_numbers():
     rows = [{"nums": [30, 100, 93], "target": 23}, {"nums": [1, 2, 3, 4], "target": 10}, {"nums": [5, 6, 7], "target": 18}]
     assert task.validated(enumerate(rows, start=1), "Countdown-Tasks-3to4", "row") == [
         {"input": "30,100,93", "output": "23"}, {"input": "5,6,7", "output": "18"}]
+    assert task.reward("<answer>30-(100-93)</answer>", rows[0]) == 1.0          # a raw hub row scores too
+    assert "Using only the numbers [30, 100, 93]" in task.question(rows[0])
 
 
 def test_published_sudoku_csv_keeps_its_leading_zeros(tmp_path, monkeypatch):

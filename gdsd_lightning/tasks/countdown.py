@@ -133,13 +133,17 @@ class Countdown(Task):
         """Rows of Countdown-Tasks-3to4 (`nums`, `target`) with three numbers, as the releases filter."""
         return "nums" not in row or len(row["nums"]) == self.num_numbers
 
+    @staticmethod
+    def problem(example: dict) -> tuple[list[int], int]:
+        """The numbers and the target of a row of Countdown-Tasks-3to4 (`nums` list, `target`) or of
+        the published test file and the generated splits (`input` "a,b,c", `output`)."""
+        if "nums" in example:
+            return [int(x) for x in example["nums"]], int(example["target"])
+        return [int(x) for x in str(example["input"]).split(",")], int(str(example["output"]).strip())
+
     def validate(self, row: dict) -> dict:
-        """A row of Countdown-Tasks-3to4 (`nums` list, `target`) or of the published test file and
-        the generated splits (`input` "a,b,c", `output`), normalised to the latter."""
-        if "nums" in row:
-            numbers, target = [int(x) for x in row["nums"]], int(row["target"])
-        else:
-            numbers, target = [int(x) for x in str(row["input"]).split(",")], int(str(row["output"]).strip())
+        """A row in either published layout, normalised to `input`/`output` (and `solution`)."""
+        numbers, target = self.problem(row)
         if len(numbers) < 2:
             raise ValueError(f"needs at least two numbers, got {numbers}")
         out = {"input": ",".join(map(str, numbers)), "output": str(target)}
@@ -149,16 +153,12 @@ class Countdown(Task):
             out["solution"] = str(row["solution"])
         return out
 
-    @staticmethod
-    def numbers(example: dict) -> list[int]:
-        return [int(x) for x in example["input"].split(",")]
-
     def prompt(self, example: dict) -> str:
         return f"{example['input']}->{example['output']}\n"
 
     def question(self, example: dict) -> str:
         """The release's user turn; the numbers as the releases print them, a Python list."""
-        numbers, target = self.numbers(example), example["output"]
+        numbers, target = self.problem(example)
         if self.release == "dopsd":
             return f"{DOPSD_INSTRUCTIONS}\n\nNumbers: {numbers}\nTarget: {target}"
         if self.release == "d1":
@@ -182,14 +182,15 @@ class Countdown(Task):
 
     def solves(self, expression: str, example: dict) -> bool:
         """`expression` uses exactly the given numbers and reaches the target."""
-        if not uses_exactly(expression, self.numbers(example)):
+        numbers, target = self.problem(example)
+        if not uses_exactly(expression, numbers):
             return False
         value = arithmetic_value(expression)
-        return value is not None and reaches(value, int(example["output"]))
+        return value is not None and reaches(value, target)
 
     def reward(self, completion: str, example: dict) -> float:
         if self.release == "dopsd" and not self.plain:
-            return float(dopsd_correct(completion, self.numbers(example), int(example["output"])))
+            return float(dopsd_correct(completion, *self.problem(example)))
         answer = completion.strip() if self.plain else last_closed_answer(completion)
         if answer is None:
             return 0.0

@@ -34,7 +34,7 @@ def xml_answer(completion: str) -> str:
     return completion.split("<answer>")[-1].split("</answer>")[0].strip()
 
 
-def xml_count(text: str, charged_after: str = "\n<answer>\n") -> float:
+def xml_count(text: str, charged_after: str) -> float:
     """0.125 per tag written exactly once, less 0.001 per character after `charged_after` (GDSD:
     "\\n<answer>\\n"; d1: "\\n</answer>\\n") and per character after "\\n</answer>" but one. Added
     up in the release's order, so the floats are the same."""

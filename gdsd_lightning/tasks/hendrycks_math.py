@@ -60,12 +60,17 @@ class MATH(Task):
                     test=("HuggingFaceH4/MATH-500", None, "test"))
 
     def validate(self, row: dict) -> dict:
-        problem, solution = str(row["problem"]), str(row.get("solution") or "")
-        boxed = unbox(last_boxed(solution)) if "\\boxed" in solution or "\\fbox" in solution else None
-        answer = row.get("answer") or boxed
+        answer = self.gold_answer(row)
         if not answer:
             raise ValueError("row has no 'answer' and its 'solution' has no \\boxed{}")
-        return {**row, "problem": problem, "solution": solution, "answer": str(answer)}
+        return {**row, "problem": str(row["problem"]), "solution": str(row.get("solution") or ""), "answer": str(answer)}
+
+    @staticmethod
+    def gold_answer(example: dict) -> str | None:
+        """The row's `answer` (MATH-500, ankner/math-500), else the content of its solution's box."""
+        solution = str(example.get("solution") or "")
+        boxed = unbox(last_boxed(solution)) if "\\boxed" in solution or "\\fbox" in solution else None
+        return example.get("answer") or boxed
 
     def question(self, example: dict) -> str:
         if self.release == "dopsd":
@@ -86,14 +91,15 @@ class MATH(Task):
     @staticmethod
     def solution(example: dict) -> str:
         """What the releases compare with: the solution (its box), or the answer when it has none."""
-        return example["solution"] or example["answer"]
+        return example.get("solution") or example["answer"]
 
     def accuracy(self, completion: str, example: dict) -> float:
         if self.release == "dopsd":
             answer, gold = dopsd_answer(completion), dopsd_answer(self.solution(example))
             return float(answer is not None and is_equiv(answer, gold, strict=True))
         answer = unbox(last_boxed(answer_text(completion)))
-        return float(answer is not None and equivalent(answer, example["answer"]))
+        gold = self.gold_answer(example)
+        return float(answer is not None and gold is not None and equivalent(answer, gold))
 
     def reward(self, completion: str, example: dict) -> float:
         """Correctness + format of the release (d-OPSD has none: its gate is the accuracy)."""
