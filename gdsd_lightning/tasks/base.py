@@ -1,8 +1,9 @@
 """The task interface: data loading with row validation, prompts, answer parsing, rewards.
 
 Examples are plain dicts with the data set's own field names (sudoku: Puzzle/Solution,
-countdown: input/output or the hub's nums/target, gsm8k: question/answer, math: problem/solution/answer, humaneval:
-prompt/test/entry_point, mbpp: text/code/test_list/test_setup_code), so
+countdown: input/output or the hub's nums/target, gsm8k: question/answer, math:
+problem/solution/answer, humaneval: prompt/test/entry_point, mbpp:
+text/code/test_list/test_setup_code), so
 `task.is_correct(completion, example)` works on rows read straight from the published files.
 Splits come from a local file (JSONL, CSV, Parquet) or, for the hub data sets, `datasets`.
 
