@@ -26,9 +26,6 @@ from gdsd_lightning.tasks.base import ANSWER_FORMAT, CLOSED_ANSWER_TAG, HubSplit
 from gdsd_lightning.tasks.math_answers import NotNormalisable, last_boxed, unbox
 
 ARITHMETIC_TEXT = re.compile(r"^[\d+\-*/().\s]+$")
-BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-          ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}
-UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 SYMBOLS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 # An integer power whose value would need more bits than this is not computed: the release's eval
 # would spend minutes and all memory on it, and no such number is within 1e-5 of a target.
@@ -45,10 +42,16 @@ DOPSD_INSTRUCTIONS = (
 
 
 def power(base, exponent):
+    """base ** exponent, refusing (OverflowError) an integer power of more than MAX_POWER_BITS bits."""
     if type(base) is int and type(exponent) is int and exponent > 0 and abs(base) > 1 \
             and (abs(base).bit_length() - 1) * exponent > MAX_POWER_BITS:
         raise OverflowError("integer power too large to compute")
     return base ** exponent
+
+
+BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+          ast.FloorDiv: operator.floordiv, ast.Pow: power}
+UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 def arithmetic_value(text: str) -> int | float | complex | None:
@@ -77,7 +80,7 @@ def arithmetic_value(text: str) -> int | float | complex | None:
             elif isinstance(node, ast.BinOp) and type(node.op) in BINARY:
                 if operands_done:
                     right, left = values.pop(), values.pop()
-                    values.append(power(left, right) if isinstance(node.op, ast.Pow) else BINARY[type(node.op)](left, right))
+                    values.append(BINARY[type(node.op)](left, right))
                 else:
                     pending += [(node, True), (node.right, False), (node.left, False)]
             else:                   # (), ..., calls like 2(3): not a number, or a TypeError in eval
