@@ -11,7 +11,8 @@ white space, so unary minus, '**', '//' and decimals count, with Python's arithm
 parsed with `ast` and computed node by node, never `eval`ed.
 Plain style (the tiny models, no tags): the whole completion is the answer, and the 0.1 also
 needs it to be an arithmetic expression (else 0), so the format credit still means something.
-d-OPSD's gate (release="dopsd") reads a \\boxed{} answer instead: see `dopsd_correct`.
+The releases' evaluation scripts and d-OPSD's gate (release="dopsd") read a \\boxed{} answer
+instead: see `boxed_correct`.
 """
 
 from __future__ import annotations
@@ -105,11 +106,12 @@ def reaches(value, target: int) -> bool:
         return False
 
 
-def dopsd_correct(completion: str, numbers: list[int], target: int) -> bool:
-    """d-OPSD's verifier (d-opsd/utils.py get_parsed_answer_countdown): the content of the last
-    \\boxed{} (failing that, the first closed answer tag, else the whole completion; the whole
-    completion too when it has no \\boxed at all), with \\div \\times \\cdot turned into / * *, cut
-    before an "=number" suffix, must use exactly the numbers and reach the target."""
+def boxed_correct(completion: str, numbers: list[int], target: int) -> bool:
+    """The releases' evaluation check (GDSD eval/parse_and_get_acc.py:82-107), d-OPSD's gate too
+    (d-opsd/utils.py:405-432): the content of the last \\boxed{} (failing that, the first closed
+    answer tag, else the whole completion; the whole completion too when it has no \\boxed at all),
+    with \\div \\times \\cdot turned into / * *, cut before an "=number" suffix, must use exactly the
+    numbers and reach the target."""
     try:
         equation = unbox(last_boxed(completion), strict=True)
     except NotNormalisable:
@@ -193,7 +195,7 @@ class Countdown(Task):
 
     def reward(self, completion: str, example: dict) -> float:
         if self.release == "dopsd" and not self.plain:
-            return float(dopsd_correct(completion, *self.problem(example)))
+            return float(boxed_correct(completion, *self.problem(example)))
         answer = completion.strip() if self.plain else last_closed_answer(completion)
         if answer is None:
             return 0.0

@@ -3,8 +3,8 @@
 The answer (GDSD and d1 rewards, gdsd/rewards.py:177-214): the digits (`str.isdigit`) of the last
 closed <answer>...</answer>, none without one; in plain style the digits of the whole completion.
 They are cut to 16 or padded with '0', and the reward is the fraction of the puzzle's empty cells
-they fill with the solution's digit (0 with no digit at all). d-OPSD's gate reads the answer with
-its own patterns (`dopsd_answer`).
+they fill with the solution's digit (0 with no digit at all). The releases' evaluation scripts and
+d-OPSD's gate read the answer with five patterns instead (`patterned_answer`).
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ Your step-by-step solving process
 [16-character solution string with no spaces or separators]
 </answer>
 """
-# d-OPSD's answer patterns (d-opsd/utils.py get_parsed_answer_sudoku), tried in order.
-DOPSD_PATTERNS = [re.compile(p, re.S) for p in (
+# The answer patterns of the releases' evaluation (GDSD eval/parse_and_get_acc.py:167-173, as in
+# d1's), which d-OPSD's gate uses too (d-opsd/utils.py:340-382), tried in order.
+ANSWER_PATTERNS = [re.compile(p, re.S) for p in (
     r"<answer>.*?```\s*([\d\s]+)```",
     r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)",
     r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)",
@@ -95,9 +96,9 @@ def count_completions(puzzle: str, grids: np.ndarray) -> int:
     return int(((grids == clues) | (clues == 0)).all(axis=1).sum())
 
 
-def dopsd_answer(completion: str) -> str:
-    """d-OPSD's reading: the first pattern that captures non-blank text, whitespace removed."""
-    for pattern in DOPSD_PATTERNS:
+def patterned_answer(completion: str) -> str:
+    """The first of ANSWER_PATTERNS that captures non-blank text, white space removed ('' for none)."""
+    for pattern in ANSWER_PATTERNS:
         match = pattern.search(completion)
         if match and match.group(1).strip():
             return re.sub(r"\s", "", match.group(1).strip())
@@ -140,7 +141,7 @@ class Sudoku(Task):
         if self.plain:
             text = completion
         elif self.release == "dopsd":
-            return dopsd_answer(completion)
+            return patterned_answer(completion)
         else:
             text = last_closed_answer(completion) or ""
         return "".join(c for c in text if c.isdigit())
