@@ -152,19 +152,19 @@ def bench_trained_base(task_name: str, base: str, device: str, limit: int | None
     threshold to fire; random weights are never that confident)."""
     from gdsd_lightning.config import load_experiment
     from gdsd_lightning.data import load_split
-    from gdsd_lightning.generation import prompt_texts, score
+    from gdsd_lightning.generation import encode_prompts, score
     from gdsd_lightning.runs import latest_final_model
-    from gdsd_lightning.tasks import get_task
+    from gdsd_lightning.tasks import task_from_config
 
     path = latest_final_model("runs", base)
     if path is None:
         print(f"[bench] no trained {base} (make train EXP={base}): fast mode on {task_name} skipped", flush=True)
         return None
-    task, cfg = get_task(task_name), load_experiment(base, [])
+    cfg = load_experiment(base, [])
+    task = task_from_config(cfg.task)
     policy = DiffusionLM.load(path).to(device).eval()
     examples = load_split(task, cfg.task, "test")[0][:limit]
-    ids, mask = (t.to(device) for t in policy.encode_prompts(prompt_texts(task, examples, cfg.task.prompt_style,
-                                                                          policy.tokenizer)))
+    ids, mask = (t.to(device) for t in encode_prompts(policy, task, examples, cfg.task)[1:])
     args = (cfg.sampler.gen_length, cfg.sampler.block_length, cfg.sampler.steps)
     runs = {"naive": lambda: naive_block_sample(policy, ids, mask, *args)}
     for mode, options in SAMPLER_MODES.items():

@@ -29,12 +29,15 @@ EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 @dataclass
 class TaskConfig:
     name: str = "sudoku"
-    data_dir: str = "data"                 # generated splits: <data_dir>/<task>/{train,val,test}.*
+    data_dir: Optional[str] = "data"       # generated splits: <data_dir>/<task>/{train,val,test}.*; null: the
+                                           # task's published data set (the hub, or a release's file)
     train_path: Optional[str] = None       # overrides of the split files
     val_path: Optional[str] = None
     test_path: Optional[str] = None
     num_val: int = 128                     # val examples scored at each periodic evaluation
-    prompt_style: str = "plain"            # plain (tiny models) | chat (instruct models)
+    prompt_style: str = "plain"            # plain (tiny models: no tags) | chat (instruct models: the release's)
+    release: str = "gdsd"                  # whose chat prompts and reward rules: gdsd | d1 | dopsd
+    max_prompt_length: Optional[int] = None  # keep the last n prompt tokens (the releases: 400 GDSD, 200 d1)
 
 
 @dataclass
@@ -263,8 +266,14 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"sampler.steps ({s.steps}) must be a multiple of the number of blocks ({s.gen_length // s.block_length})")
     if s.steps < 1 or s.steps > s.gen_length:
         problems.append(f"sampler.steps must be in 1..gen_length ({s.gen_length}), got {s.steps}")
-    if cfg.task.prompt_style not in ("plain", "chat"):
+    from gdsd_lightning.tasks import PROMPT_STYLES, RELEASES
+
+    if cfg.task.prompt_style not in PROMPT_STYLES:
         problems.append(f"task.prompt_style must be 'plain' or 'chat', got {cfg.task.prompt_style!r}")
+    if cfg.task.release not in RELEASES:
+        problems.append(f"task.release must be one of {', '.join(RELEASES)}, got {cfg.task.release!r}")
+    if cfg.task.max_prompt_length is not None and cfg.task.max_prompt_length < 1:
+        problems.append(f"task.max_prompt_length must be a positive number of tokens or null, got {cfg.task.max_prompt_length}")
     from gdsd_lightning.objectives import OBJECTIVES
 
     if cfg.rollout.num_generations < 2 and getattr(OBJECTIVES[cfg.method.name], "uses_groups", False):

@@ -17,7 +17,7 @@ from gdsd_lightning.generation import generate_and_score
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.models.build import build_policy
 from gdsd_lightning.runs import latest_final_model, require_file, write_json
-from gdsd_lightning.tasks import get_task
+from gdsd_lightning.tasks import task_from_config
 
 
 def load_policy(cfg: DictConfig, ckpt: str | None) -> tuple[DiffusionLM, Path]:
@@ -48,7 +48,7 @@ def load_policy(cfg: DictConfig, ckpt: str | None) -> tuple[DiffusionLM, Path]:
 
 
 def evaluate(cfg: DictConfig, ckpt: str | None = None, data: str | None = None, out: str | None = None) -> dict:
-    task = get_task(cfg.task.name)
+    task = task_from_config(cfg.task)
     examples, data_name = (task.load(data), Path(data).stem) if data else load_split(task, cfg.task, "test")
     examples = examples[: cfg.eval.num_examples]
     policy, source = load_policy(cfg, ckpt)

@@ -11,15 +11,24 @@ from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.tasks import Task
 
 
-def prompt_texts(task: Task, examples: list[dict], style: str, tokenizer) -> list[str]:
-    """Plain prompts, or chat prompts rendered with the tokenizer's chat template."""
-    if style == "plain":
+def prompt_texts(task: Task, examples: list[dict], tokenizer) -> list[str]:
+    """Plain prompts, or chat prompts rendered with the tokenizer's chat template (the task's style)."""
+    if task.plain:
         return [task.prompt(ex) for ex in examples]
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("task.prompt_style=chat, but the model's tokenizer has no chat template (a model saved "
                         "before the character tokenizer had one?); retrain it or set task.prompt_style=plain")
     return [tokenizer.apply_chat_template(task.chat_messages(ex), tokenize=False, add_generation_prompt=True)
             for ex in examples]
+
+
+def encode_prompts(policy: DiffusionLM, task: Task, examples: list[dict], task_cfg: DictConfig
+                   ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The prompt texts of `examples` and their left-padded ids and mask, each prompt cut to its
+    last `task.max_prompt_length` tokens (the releases cut from the left)."""
+    texts = prompt_texts(task, examples, policy.tokenizer)
+    ids, mask = policy.encode_prompts(texts, task_cfg.max_prompt_length)
+    return texts, ids, mask
 
 
 def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: DictConfig,
@@ -43,8 +52,7 @@ def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict
 @torch.no_grad()
 def generate_and_score(policy: DiffusionLM, task: Task, examples: list[dict], cfg: DictConfig) -> list[dict]:
     """Greedy completions (evaluation protocol) for `examples`, scored by the task."""
-    prompts = prompt_texts(task, examples, cfg.task.prompt_style, policy.tokenizer)
-    ids, mask = policy.encode_prompts(prompts)
+    prompts, ids, mask = encode_prompts(policy, task, examples, cfg.task)
     out = sample(policy, ids.to(policy.device), mask.to(policy.device), cfg.sampler, temperature=0.0)
     records = score(task, policy.decode(out.completions), examples)
     return [{"prompt": p, **r} for p, r in zip(prompts, records)]

@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 from gdsd_lightning.diffusion.estimators import valid_completion_mask
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.errors import TrainingStopped, UserError
-from gdsd_lightning.generation import generate_and_score, prompt_texts, sample, score
+from gdsd_lightning.generation import encode_prompts, generate_and_score, sample, score
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.models.lora import frozen_reference
 from gdsd_lightning.objectives import OBJECTIVES
@@ -136,8 +136,7 @@ class SFTModule(DiffusionModule):
     """Masked-diffusion SFT on the task's reference completions (builds the tiny bases)."""
 
     def training_step(self, examples: list[dict], batch_idx: int) -> torch.Tensor:
-        prompts = prompt_texts(self.task, examples, self.cfg.task.prompt_style, self.policy.tokenizer)
-        prompt_ids, prompt_mask = self.policy.encode_prompts(prompts)
+        _, prompt_ids, prompt_mask = encode_prompts(self.policy, self.task, examples, self.cfg.task)
         completion = self.policy.encode_completions([self.task.target(ex) for ex in examples],
                                                     self.cfg.sampler.gen_length)
         generator = generator_for(self.cfg.seed * 1_000_003 + self.global_step, self.device)
@@ -220,8 +219,8 @@ class DiffusionRLModule(DiffusionModule):
         """
         group = self.cfg.rollout.num_generations
         repeated = [ex for ex in examples for _ in range(group)]
-        prompts = prompt_texts(self.task, repeated, self.cfg.task.prompt_style, self.policy.tokenizer)
-        prompt_ids, prompt_mask = (t.to(self.device) for t in self.policy.encode_prompts(prompts))
+        prompts, prompt_ids, prompt_mask = encode_prompts(self.policy, self.task, repeated, self.cfg.task)
+        prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         seed = self.rollout_seed()
         generator = generator_for(seed, self.device)
         self.policy.eval()

@@ -32,7 +32,7 @@ from gdsd_lightning.hub import wandb_reachable
 from gdsd_lightning.models.build import MissingBaseModel, build_policy
 from gdsd_lightning.module import DiffusionRLModule, SFTModule
 from gdsd_lightning.runs import FINAL_MODEL, create_run_dir, require_file
-from gdsd_lightning.tasks import get_task
+from gdsd_lightning.tasks import task_from_config
 
 INTERRUPTED_CHECKPOINT = "interrupted"   # checkpoints/interrupted.ckpt, written on SIGTERM or an error
 
@@ -40,7 +40,7 @@ INTERRUPTED_CHECKPOINT = "interrupted"   # checkpoints/interrupted.ckpt, written
 def train(cfg: DictConfig) -> Path:
     """Train one experiment; returns its run directory."""
     L.seed_everything(cfg.seed, verbose=False)
-    task = get_task(cfg.task.name)
+    task = task_from_config(cfg.task)
     policy = build_policy(cfg)
     supervised = cfg.method.name == "sft"
     steps_per_batch = 1 if supervised else cfg.method.num_iterations

@@ -96,8 +96,7 @@ def test_chat_prompts_need_a_tokenizer_with_a_chat_template():
     from gdsd_lightning.tasks import get_task
 
     with pytest.raises(UserError, match="has no chat template"):
-        prompt_texts(get_task("gsm8k"), [{"question": "1+1?", "answer": "#### 2"}], "chat",
-                     SimpleNamespace(chat_template=None))
+        prompt_texts(get_task("gsm8k"), [{"question": "1+1?", "answer": "#### 2"}], SimpleNamespace(chat_template=None))
 
 
 def test_configuration_doc_names_every_key():

@@ -93,9 +93,9 @@ def test_lora_policy_saves_adapters_and_loads_back(tmp_path):
 def test_chat_prompts_carry_the_reasoning_format():
     policy = make_tiny("tiny-llada")
     row = {"question": "What is 2+2?", "answer": "#### 4"}
-    [text] = prompt_texts(get_task("gsm8k"), [row], "chat", policy.tokenizer)
-    assert text.startswith("<system>\nRespond in the following format:\n<reasoning>")
-    assert text.endswith("<user>\nWhat is 2+2?\n<assistant>\n")
+    [text] = prompt_texts(get_task("gsm8k"), [row], policy.tokenizer)
+    assert text.startswith("<user>\n\nRespond in the following format:\n<reasoning>")
+    assert text.endswith("</answer>\n\n\nWhat is 2+2?\n<assistant>\n")
 
 
 def test_published_recipes_exist_and_load():

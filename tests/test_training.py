@@ -76,10 +76,10 @@ def test_bad_input_gets_one_sentence_and_exit_code_2(argv, phrase, capsys):
 def test_reference_sync_copies_the_policy_into_the_reference(tmp_path, varied_reward):
     from gdsd_lightning.callbacks import ReferenceSync
     from gdsd_lightning.module import DiffusionRLModule
-    from gdsd_lightning.tasks import get_task
+    from gdsd_lightning.tasks import task_from_config
 
     cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 2, **{"method.beta": 0.1}))
-    module = DiffusionRLModule(cfg, build_policy(cfg), get_task("sudoku"))
+    module = DiffusionRLModule(cfg, build_policy(cfg), task_from_config(cfg.task))
     with torch.no_grad():
         next(module.policy.parameters()).add_(1.0)
     sync = ReferenceSync(every_n_steps=2)

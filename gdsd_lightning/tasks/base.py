@@ -1,10 +1,20 @@
 """The task interface: data loading with row validation, prompts, answer parsing, rewards.
 
 Examples are plain dicts with the data set's own field names (sudoku: Puzzle/Solution,
-countdown: input/output, gsm8k: question/answer, math: problem/solution/answer, humaneval:
-prompt/test/entry_point, mbpp: text/code/test_list/test_setup_code), so
+countdown: input/output or the hub's nums/target, gsm8k: question/answer, math:
+problem/solution/answer, humaneval: prompt/test/entry_point, mbpp:
+text/code/test_list/test_setup_code), so
 `task.is_correct(completion, example)` works on rows read straight from the published files.
 Splits come from a local file (JSONL, CSV, Parquet) or, for the hub data sets, `datasets`.
+
+A task is built for one prompt style and one release (`get_task(name, prompt_style, release)`):
+- `prompt_style="chat"` (the instruct models): the release's user turn, and its reward rules
+  exactly, tags and all;
+- `prompt_style="plain"` (the tiny models): a compact prompt, and a completion without tags whose
+  whole text is the answer; what is then done with the answer is the release's rule.
+`release` is whose prompts and rules the chat style follows: "gdsd" (the reference: the GDSD
+paper ran every method with them), "d1" (diffu-GRPO's, and wd1's), "dopsd" (d-OPSD's, whose
+prompts ask for a \\boxed{} answer and whose gate has its own answer parsing).
 """
 
 from __future__ import annotations
@@ -21,22 +31,43 @@ from gdsd_lightning.errors import UserError
 from gdsd_lightning.hub import offline_unless_reachable, unreachable
 
 ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
+CLOSED_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 
-REASONING_SYSTEM_PROMPT = (
-    "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
+PROMPT_STYLES = ("plain", "chat")
+RELEASES = ("gdsd", "d1", "dopsd")
+
+# The releases' answer-format paragraph, which they put at the head of the user turn (the same
+# text in GDSD's gdsd/data_utils.py:10-18 and d1's diffu-grpo/data_utils.py:26-34).
+ANSWER_FORMAT = "\nRespond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
+# d-OPSD's, for GSM8K and MATH (d-opsd/data_utils.py SYSTEM_PROMPT): it asks for a \\boxed{} answer.
+DOPSD_ANSWER_FORMAT = (
+    "\nYou are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final "
+    "answer in a \\boxed{}. \nRespond in the following format:\n<reasoning>\nYour reasoning here\n</reasoning>\n"
+    "<answer>\n\\boxed{...}\n</answer>\n"
 )
+
+
+def last_closed_answer(completion: str) -> str | None:
+    """The stripped text of the last closed `<answer>...</answer>`, None without one (a lone or
+    unclosed `<answer>` is not an answer)."""
+    closed = CLOSED_ANSWER_TAG.findall(completion)
+    return closed[-1].strip() if closed else None
 
 
 @dataclass(frozen=True)
 class HubSplits:
     """Where a task's splits live on the Hugging Face hub: a data set id and config, and per split
-    a `datasets` split expression ('train[:-256]') or a whole (id, config, split) triple."""
+    a `datasets` split expression ('train[:-256]') or a whole (id, config, split) triple. A data
+    set published as a file of a release is read by a `datasets` builder (`dataset="csv"`) from
+    `data_files`."""
 
     dataset: str
     config: str | None
     train: str | tuple | None = None
     val: str | tuple | None = None
     test: str | tuple | None = None
+    data_files: str | None = None   # with a builder as `dataset` ("csv"): the release's file (a URL)
+    string_columns: tuple[str, ...] = ()   # columns read as text, whatever they look like (leading zeros)
 
     def source(self, split: str) -> tuple[str, str | None, str] | None:
         where = getattr(self, split)
@@ -50,6 +81,19 @@ class Task(ABC):
 
     name: str
     hub: HubSplits | None = None   # set by tasks whose data sets live on the hub
+    system_prompt: str | None = None   # a system turn before the user turn (the reasoning tasks have none)
+
+    def __init__(self, prompt_style: str = "chat", release: str = "gdsd"):
+        if prompt_style not in PROMPT_STYLES:
+            raise UserError(f"task.prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
+        if release not in RELEASES:
+            raise UserError(f"task.release must be one of {', '.join(RELEASES)}, got {release!r}")
+        self.prompt_style, self.release = prompt_style, release
+
+    @property
+    def plain(self) -> bool:
+        """Plain prompts: the completion carries no tags and its whole text is the answer."""
+        return self.prompt_style == "plain"
 
     # ---- data ---------------------------------------------------------------------------
     def load(self, path: str | Path) -> list[dict]:
@@ -72,25 +116,38 @@ class Task(ABC):
         import datasets
 
         online = offline_unless_reachable()
+        options = {}
+        if dataset_id == self.hub.dataset and self.hub.data_files:   # a release's file through a `datasets` builder
+            options["data_files"] = self.hub.data_files
+            if self.hub.string_columns:
+                options["features"] = datasets.Features({c: datasets.Value("string") for c in self.hub.string_columns})
+        name = options.get("data_files", dataset_id)
         try:
-            rows = datasets.load_dataset(dataset_id, config, split=expression)
+            rows = datasets.load_dataset(dataset_id, config, split=expression, **options)
         except (ConnectionError, FileNotFoundError):
             if online:
                 raise
-            raise unreachable("data set", dataset_id, f"set task.{split}_path to a local JSONL or Parquet file") from None
-        return self.validated(enumerate(rows, start=1), f"{dataset_id} [{expression}]", "row")
+            raise unreachable("data set", name, f"set task.{split}_path to a local JSONL or Parquet file") from None
+        return self.validated(enumerate(rows, start=1), f"{name} [{expression}]", "row")
 
     def validated(self, rows: Iterable[tuple[int, dict]], source: str, unit: str) -> list[dict]:
-        """Every row through `validate`; an error names the source and the row's `unit` number."""
+        """Every row the release trains on (`selected`) through `validate`; an error names the source
+        and the row's `unit` number."""
         examples = []
         for number, row in rows:
             try:
+                if not self.selected(row):
+                    continue
                 examples.append(self.validate(row))
             except (KeyError, ValueError, TypeError) as err:
                 raise UserError(f"{source}, {unit} {number}: malformed {self.name} row ({type(err).__name__}: {err})") from None
         if not examples:
             raise UserError(f"{source} holds no rows")
         return examples
+
+    def selected(self, row: dict) -> bool:
+        """Whether a raw row is one the release uses (countdown: three numbers); others are left out."""
+        return True
 
     @abstractmethod
     def validate(self, row: dict) -> dict:
@@ -103,18 +160,16 @@ class Task(ABC):
 
     @abstractmethod
     def question(self, example: dict) -> str:
-        """The user turn of a chat prompt."""
+        """The user turn of a chat prompt, as the release writes it (task instructions included)."""
 
     def chat_messages(self, example: dict) -> list[dict]:
-        """Chat prompt in the field's format: a system prompt asking for reasoning/answer tags."""
-        return [
-            {"role": "system", "content": REASONING_SYSTEM_PROMPT},
-            {"role": "user", "content": self.question(example)},
-        ]
+        """The chat prompt: the user turn, after the system turn where the task has one."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": self.question(example)}]
 
     @abstractmethod
     def target(self, example: dict) -> str:
-        """The reference completion (plain format), used for SFT."""
+        """The reference completion in this task's prompt style, used for SFT."""
 
     # ---- scoring ------------------------------------------------------------------------
     @staticmethod

@@ -63,6 +63,7 @@ class CodeTask(Task):
     """Scoring shared by the code tasks: subclasses say how the tests judge a solution."""
 
     limits = Limits()      # per test and per program: wall clock, memory, processes, file size
+    system_prompt = CODE_SYSTEM_PROMPT      # the release's code prompt: this system turn, the task in the user turn
     extra_metric_names = ("format", "pass_rate", *(f"integrity/{check}" for check in CHECKS))
 
     def program(self, code: str, example: dict) -> str:
@@ -89,10 +90,6 @@ class CodeTask(Task):
 
     def reward(self, completion: str, example: dict) -> float:
         return self.score(completion, example)["reward"]
-
-    def chat_messages(self, example: dict) -> list[dict]:
-        """The release's code prompt: its system prompt, the task in the user turn."""
-        return [{"role": "system", "content": CODE_SYSTEM_PROMPT}, {"role": "user", "content": self.question(example)}]
 
     def question(self, example: dict) -> str:
         return self.statement(example)

@@ -1,62 +1,159 @@
-"""Countdown (3 numbers): an expression that uses each given number exactly once with + - * /
-and equals the target. Parsed with `ast` (never `eval`); reward 1.0 correct, 0.1 when the answer
-is well formed (tags in chat style; a parseable expression in plain style) but wrong, else 0."""
+"""Countdown (3 numbers): an arithmetic expression that uses each given number exactly once and
+equals the target.
+
+Reward (GDSD and d1 releases, gdsd/rewards.py:122-174), on the last closed <answer>...</answer>:
+    0    no closed answer tag
+    0.1  the numbers in it (every run of digits) are not exactly the given ones, or it is not an
+         arithmetic expression, or its value misses the target ("30-(100-93)=23" is such a miss)
+    1.0  |value - target| < 1e-5
+An arithmetic expression is what the release lets Python evaluate: digits, + - * / ( ) . and
+white space, so unary minus, '**', '//' and decimals count, with Python's arithmetic. It is
+parsed with `ast` and computed node by node, never `eval`ed.
+Plain style (the tiny models, no tags): the whole completion is the answer, and the 0.1 also
+needs it to be an arithmetic expression (else 0), so the format credit still means something.
+The releases' evaluation scripts and d-OPSD's gate (release="dopsd") read a \\boxed{} answer
+instead: see `boxed_correct`.
+"""
 
 from __future__ import annotations
 
 import ast
 import operator
 import random
-from collections import Counter
+import re
 from fractions import Fraction
 
-from gdsd_lightning.tasks.base import Task
+from gdsd_lightning.tasks.base import ANSWER_FORMAT, CLOSED_ANSWER_TAG, HubSplits, Task, last_closed_answer
+from gdsd_lightning.tasks.math_answers import NotNormalisable, last_boxed, unbox
 
-OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+ARITHMETIC_TEXT = re.compile(r"^[\d+\-*/().\s]+$")
 SYMBOLS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+# An integer power whose value would need more bits than this is not computed: the release's eval
+# would spend minutes and all memory on it, and no such number is within 1e-5 of a target.
+MAX_POWER_BITS = 1 << 24
+
+# d-OPSD's user-turn instructions (d-opsd/data_utils.py CTD_SYSTEM_PROMPT): a \boxed{} answer.
+DOPSD_INSTRUCTIONS = (
+    "Using only the provided numbers, create an arithmetic expression that evaluates to exactly the provided "
+    "target number. You may use the operations +, -, *, and / as needed, but each number must be used exactly "
+    "once. Think step-by-step. After reasoning, provide only your final expression inside \\boxed{} tags without "
+    "including an equals sign or the target number. For example: \\boxed{a + b * c}Respond in the following "
+    "format:\n<reasoning>\nYour reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>"
+)
 
 
-def evaluate_expression(text: str) -> tuple[float, list[int]] | None:
-    """Value and the integer literals of an arithmetic expression, or None if it is not one.
+def power(base, exponent):
+    """base ** exponent, refusing (OverflowError) an integer power of more than MAX_POWER_BITS bits."""
+    if type(base) is int and type(exponent) is int and exponent > 0 and abs(base) > 1 \
+            and (abs(base).bit_length() - 1) * exponent > MAX_POWER_BITS:
+        raise OverflowError("integer power too large to compute")
+    return base ** exponent
 
-    Only integer literals, parentheses and the four binary operators are accepted.
-    """
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, ValueError):
+
+BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+          ast.FloorDiv: operator.floordiv, ast.Pow: power}
+UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def arithmetic_value(text: str) -> int | float | complex | None:
+    """The value Python gives the arithmetic expression `text` (digits, + - * / ( ) . and white
+    space only), or None when it is not one or its evaluation fails (division by zero, overflow).
+
+    The tree is walked with an explicit stack, so a deep chain of unary minus evaluates as Python
+    does (up to the parser's own nesting limit)."""
+    if not ARITHMETIC_TEXT.match(text):
         return None
-    numbers: list[int] = []
-
-    def walk(node):
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            numbers.append(node.value)
-            return Fraction(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Div) and right == 0:
-                raise ZeroDivisionError
-            return OPERATORS[type(node.op)](left, right)
-        raise ValueError(f"unsupported syntax {type(node).__name__}")
-
     try:
-        value = walk(tree)
-    except (ValueError, ZeroDivisionError, RecursionError):
+        tree = ast.parse(text.lstrip(" \t"), mode="eval")     # eval() drops leading spaces and tabs too
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None
-    return float(value), numbers
+    values, pending = [], [(tree.body, False)]
+    try:
+        while pending:
+            node, operands_done = pending.pop()
+            if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+                values.append(node.value)
+            elif isinstance(node, ast.UnaryOp) and type(node.op) in UNARY:
+                if operands_done:
+                    values.append(UNARY[type(node.op)](values.pop()))
+                else:
+                    pending += [(node, True), (node.operand, False)]
+            elif isinstance(node, ast.BinOp) and type(node.op) in BINARY:
+                if operands_done:
+                    right, left = values.pop(), values.pop()
+                    values.append(BINARY[type(node.op)](left, right))
+                else:
+                    pending += [(node, True), (node.right, False), (node.left, False)]
+            else:                   # (), ..., calls like 2(3): not a number, or a TypeError in eval
+                return None
+    except (ArithmeticError, TypeError, ValueError, MemoryError):
+        return None
+    return values[0]
+
+
+def uses_exactly(text: str, numbers: list[int]) -> bool:
+    """Every run of digits in `text`, as integers, is the multiset `numbers`."""
+    try:
+        return sorted(int(n) for n in re.findall(r"\d+", text)) == sorted(numbers)
+    except ValueError:                                          # a run of digits too long for int()
+        return False
+
+
+def reaches(value, target: int) -> bool:
+    try:
+        return abs(value - target) < 1e-5
+    except (OverflowError, TypeError):
+        return False
+
+
+def boxed_correct(completion: str, numbers: list[int], target: int) -> bool:
+    """The releases' evaluation check (GDSD eval/parse_and_get_acc.py:82-107), d-OPSD's gate too
+    (d-opsd/utils.py:405-432): the content of the last \\boxed{} (failing that, the first closed
+    answer tag, else the whole completion; the whole completion too when it has no \\boxed at all),
+    with \\div \\times \\cdot turned into / * *, cut before an "=number" suffix, must use exactly the
+    numbers and reach the target."""
+    try:
+        equation = unbox(last_boxed(completion), strict=True)
+    except NotNormalisable:
+        tagged = CLOSED_ANSWER_TAG.search(completion)
+        equation = tagged.group(1).strip() if tagged else completion
+    equation = equation.replace("\\div", "/").replace("\\times", "*").replace("\\cdot", "*")
+    before_equals = re.search(r"([0-9+\-*/() ]+)=[0-9. ]+", equation)
+    if before_equals:
+        equation = before_equals.group(1).strip()
+    if not uses_exactly(equation, numbers):
+        return False
+    value = arithmetic_value(equation.strip()) if ARITHMETIC_TEXT.match(equation) else None
+    return value is not None and reaches(value, target)
 
 
 class Countdown(Task):
     name = "countdown"
+    # The releases' training set, three-number problems only (gdsd/data_utils.py:159-161); its last
+    # 1000 rows (about half of them three-number ones) are held out here as val.
+    hub = HubSplits("Jiayi-Pan/Countdown-Tasks-3to4", None, train="train[:-1000]", val="train[-1000:]")
+    num_numbers = 3
+
+    def selected(self, row: dict) -> bool:
+        """Rows of Countdown-Tasks-3to4 (`nums`, `target`) with three numbers, as the releases filter."""
+        return "nums" not in row or len(row["nums"]) == self.num_numbers
+
+    @staticmethod
+    def problem(example: dict) -> tuple[list[int], int]:
+        """The numbers and the target of a row of Countdown-Tasks-3to4 (`nums` list, `target`) or of
+        the published test file and the generated splits (`input` "a,b,c", `output`)."""
+        if "nums" in example:
+            return [int(x) for x in example["nums"]], int(example["target"])
+        return [int(x) for x in str(example["input"]).split(",")], int(str(example["output"]).strip())
 
     def validate(self, row: dict) -> dict:
-        numbers = [int(x) for x in str(row["input"]).split(",")]
+        """A row in either published layout, normalised to `input`/`output` (and `solution`)."""
+        numbers, target = self.problem(row)
         if len(numbers) < 2:
-            raise ValueError(f"input needs at least two comma-separated numbers, got {row['input']!r}")
-        out = {"input": ",".join(map(str, numbers)), "output": str(int(str(row["output"]).strip()))}
+            raise ValueError(f"needs at least two numbers, got {numbers}")
+        out = {"input": ",".join(map(str, numbers)), "output": str(target)}
         if "solution" in row:
-            if not self.is_correct(str(row["solution"]), out):
+            if not self.solves(str(row["solution"]), out):
                 raise ValueError(f"solution {row['solution']!r} does not reach the target")
             out["solution"] = str(row["solution"])
         return out
@@ -65,37 +162,49 @@ class Countdown(Task):
         return f"{example['input']}->{example['output']}\n"
 
     def question(self, example: dict) -> str:
-        return (
-            f"Using the numbers {example['input'].replace(',', ', ')}, create an equation that "
-            f"equals {example['output']}. You can use basic arithmetic operations (+, -, *, /) and "
-            "each number must be used exactly once. Give only the expression inside the answer tags."
-        )
+        """The release's user turn; the numbers as the releases print them, a Python list."""
+        numbers, target = self.problem(example)
+        if self.release == "dopsd":
+            return f"{DOPSD_INSTRUCTIONS}\n\nNumbers: {numbers}\nTarget: {target}"
+        if self.release == "d1":
+            return (f"{ANSWER_FORMAT}\nUsing only the numbers {numbers}, create an arithmetic expression that "
+                    f"evaluates to exactly {target}. You must use all numbers from the list, and each number must "
+                    "be used exactly once. You may use the operations +, -, *, and / as needed. After reasoning, "
+                    "provide only your final expression inside <answer></answer> tags without including an equals "
+                    "sign or the target number. For example, if the numbers are [2, 3, 4] and the target is 5, a "
+                    "valid answer is: <answer>\n2*4-3\n</answer>")
+        return (f"{ANSWER_FORMAT}\nUsing only the numbers {numbers}, create an arithmetic expression that evaluates "
+                f"to exactly {target}. Use every number exactly once. Use +, -, *, and / as needed. Put only the "
+                "final expression inside <answer></answer> tags.")
 
     def target(self, example: dict) -> str:
         if "solution" not in example:
             raise ValueError("countdown example has no 'solution' field to train on")
-        return example["solution"]
+        if self.plain:
+            return example["solution"]
+        boxed = f"\\boxed{{{example['solution']}}}" if self.release == "dopsd" else example["solution"]
+        return f"<answer>\n{boxed}\n</answer>"
 
-    def parse(self, completion: str) -> tuple[float, list[int]] | None:
-        answer = self.extract_answer(completion).split("=")[0]
-        return evaluate_expression(answer) if answer.strip() else None
-
-    def is_correct(self, completion: str, example: dict) -> bool:
-        parsed = self.parse(completion)
-        if parsed is None:
+    def solves(self, expression: str, example: dict) -> bool:
+        """`expression` uses exactly the given numbers and reaches the target."""
+        numbers, target = self.problem(example)
+        if not uses_exactly(expression, numbers):
             return False
-        value, used = parsed
-        given = [int(x) for x in example["input"].split(",")]
-        return Counter(used) == Counter(given) and abs(value - float(example["output"])) < 1e-5
+        value = arithmetic_value(expression)
+        return value is not None and reaches(value, target)
 
     def reward(self, completion: str, example: dict) -> float:
-        if self.is_correct(completion, example):
+        if self.release == "dopsd" and not self.plain:
+            return float(boxed_correct(completion, *self.problem(example)))
+        answer = completion.strip() if self.plain else last_closed_answer(completion)
+        if answer is None:
+            return 0.0
+        if self.solves(answer, example):
             return 1.0
-        well_formed = "<answer>" in completion or self.parse(completion) is not None
-        return 0.1 if well_formed else 0.0
+        return 0.0 if self.plain and arithmetic_value(answer) is None else 0.1
 
     def accuracy(self, completion: str, example: dict) -> float:
-        return float(self.is_correct(completion, example))
+        return float(self.reward(completion, example) == 1.0)
 
     # ---- generation ---------------------------------------------------------------------
     max_number = 99

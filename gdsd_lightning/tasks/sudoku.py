@@ -1,4 +1,11 @@
-"""4x4 sudoku: 16 digits row by row, 0 = empty. Reward = fraction of empty cells filled right."""
+"""4x4 sudoku: 16 digits row by row, 0 = empty. Reward = fraction of empty cells filled right.
+
+The answer (GDSD and d1 rewards, gdsd/rewards.py:177-214): the digits (`str.isdigit`) of the last
+closed <answer>...</answer>, none without one; in plain style the digits of the whole completion.
+They are cut to 16 or padded with '0', and the reward is the fraction of the puzzle's empty cells
+they fill with the solution's digit (0 with no digit at all). The releases' evaluation scripts and
+d-OPSD's gate read the answer with five patterns instead (`patterned_answer`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,60 @@ from pathlib import Path
 
 import numpy as np
 
-from gdsd_lightning.tasks.base import Task
+from gdsd_lightning.tasks.base import HubSplits, Task, last_closed_answer
+
+# The published training set: the 4x4 puzzles with a unique solution of the d1 release, which the
+# GDSD and d-OPSD releases ship too (dataset/4x4_sudoku_unique_puzzles.csv).
+UNIQUE_PUZZLES = "https://raw.githubusercontent.com/dllm-reasoning/d1/main/dataset/4x4_sudoku_unique_puzzles.csv"
+
+# The user turns of the releases (GDSD: gdsd/data_utils.py:20-37 and :195; d1 and d-OPSD:
+# data_utils.py SUDOKU_SYSTEM_PROMPT and get_sudoku_questions).
+GDSD_INSTRUCTIONS = """
+Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character
+string reading left-to-right, top-to-bottom, where '0' represents empty cells.
+
+Rules:
+- Fill empty cells with digits 1-4.
+- Each row must contain digits 1-4 exactly once.
+- Each column must contain digits 1-4 exactly once.
+- Each 2x2 box must contain digits 1-4 exactly once.
+
+Respond in this exact format:
+<reasoning>
+Your step-by-step solving process
+</reasoning>
+<answer>
+[16-character solution string with no spaces or separators]
+</answer>
+"""
+D1_INSTRUCTIONS = """
+Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading left-to-right, top-to-bottom, where '0' represents empty cells.
+
+Rules:
+- Fill empty cells with digits 1-4
+- Each row must contain digits 1-4 exactly once
+- Each column must contain digits 1-4 exactly once
+- Each 2x2 box must contain digits 1-4 exactly once
+
+Important: Your solution must be a COMPLETE 16-character string with only the digits 1-4, representing your final solved grid.
+
+Respond in this exact format:
+<reasoning>
+Your step-by-step solving process
+</reasoning>
+<answer>
+[16-character solution string with no spaces or separators]
+</answer>
+"""
+# The answer patterns of the releases' evaluation (GDSD eval/parse_and_get_acc.py:167-173, as in
+# d1's), which d-OPSD's gate uses too (d-opsd/utils.py:340-382), tried in order.
+ANSWER_PATTERNS = [re.compile(p, re.S) for p in (
+    r"<answer>.*?```\s*([\d\s]+)```",
+    r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)",
+    r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)",
+    r".*?(\d{16})\s*</answer>",
+    r"\b(\d{16})\b",
+)]
 
 
 def is_valid_solution(grid: str) -> bool:
@@ -36,8 +96,19 @@ def count_completions(puzzle: str, grids: np.ndarray) -> int:
     return int(((grids == clues) | (clues == 0)).all(axis=1).sum())
 
 
+def patterned_answer(completion: str) -> str:
+    """The first of ANSWER_PATTERNS that captures non-blank text, white space removed ('' for none)."""
+    for pattern in ANSWER_PATTERNS:
+        match = pattern.search(completion)
+        if match and match.group(1).strip():
+            return re.sub(r"\s", "", match.group(1).strip())
+    return ""
+
+
 class Sudoku(Task):
     name = "sudoku"
+    hub = HubSplits("csv", None, train="train[:-256]", val="train[-256:]", data_files=UNIQUE_PUZZLES,
+                    string_columns=("Puzzle", "Solution"))
     split_suffix = ".csv"
     num_empty = 8
     extra_metric_names = ("solve_rate",)
@@ -58,23 +129,28 @@ class Sudoku(Task):
         return f"{example['Puzzle']}\n"    # compact: every prompt token costs compute in every step
 
     def question(self, example: dict) -> str:
-        return (
-            "Please solve the following 4x4 Sudoku puzzle. The puzzle is given as 16 digits, row "
-            "by row, with 0 for an empty cell. Fill every empty cell with a digit 1-4 so that each "
-            "row, column and 2x2 box holds 1, 2, 3 and 4 exactly once, and give the full grid as "
-            f"16 digits inside the answer tags.\nPuzzle: {example['Puzzle']}"
-        )
+        if self.release == "gdsd":
+            return f"{GDSD_INSTRUCTIONS}\n\nNow solve this Sudoku puzzle: {example['Puzzle']}\n"
+        return f"{D1_INSTRUCTIONS}\n\nSolve the following Sudoku puzzle: {example['Puzzle']}\n"
 
     def target(self, example: dict) -> str:
-        return example["Solution"]
+        return example["Solution"] if self.plain else f"<answer>\n{example['Solution']}\n</answer>"
 
-    def answer_digits(self, completion: str) -> str:
-        """The first 16 digits of the answer, padded with '0' (the field's convention)."""
-        digits = re.sub(r"\D", "", self.extract_answer(completion))
-        return digits[:16].ljust(16, "0")
+    def answer(self, completion: str) -> str:
+        """The grid as read from the completion (see the module docstring); '' when there is none."""
+        if self.plain:
+            text = completion
+        elif self.release == "dopsd":
+            return patterned_answer(completion)
+        else:
+            text = last_closed_answer(completion) or ""
+        return "".join(c for c in text if c.isdigit())
 
     def cell_accuracy(self, completion: str, example: dict) -> float:
-        answer, puzzle, solution = self.answer_digits(completion), example["Puzzle"], example["Solution"]
+        answer, puzzle, solution = self.answer(completion), example["Puzzle"], example["Solution"]
+        if not answer:
+            return 0.0
+        answer = answer[:16].ljust(16, "0")
         empty = [i for i, p in enumerate(puzzle) if p == "0"]
         return sum(answer[i] == solution[i] for i in empty) / len(empty)
 
