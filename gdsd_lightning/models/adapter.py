@@ -121,9 +121,10 @@ class DiffusionLM(nn.Module):
         return set(getattr(self.transformer, "_no_split_modules", None) or [])
 
     # ---- text <-> ids -------------------------------------------------------------------
-    def encode_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompt ids and their attention mask (1 = real token)."""
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    def encode_prompts(self, texts: list[str], add_special_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and their attention mask (1 = real token). `add_special_tokens`:
+        also the tokenizer's own (e.g. a BOS), as the releases' evaluation code encodes prompts."""
+        encoded = [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.long)
