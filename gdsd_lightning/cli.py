@@ -2,7 +2,9 @@
 
     train EXP [key=value ...]                         train an experiment (SFT or RL)
     list                                              the experiments in experiments/
-    eval EXP [--ckpt P] [--data F] [--out D] [k=v]    greedy evaluation on the test split or F
+    eval EXP [--ckpt P] [--data F] [--out D] [--protocol papers|experiment] [--checkpoint RULE] [k=v]
+                                                      evaluation at every length, protocol recorded
+    report [SUMMARY|DIR ...] [--out D]                the papers' table and plot over eval summaries
     compare [--task T] [--seeds N] [--methods a,b] [--out results] [k=v]
                                                       every RL method x seeds: table and plots
     bench [--quick] [--device cpu|cuda] [--out D] [--peak-tflops F]
@@ -154,11 +156,27 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train an experiment")
     p_train.add_argument("experiment")
-    p_eval = sub.add_parser("eval", help="evaluate a trained model greedily")
+    p_eval = sub.add_parser("eval", help="evaluate a trained model at every generation length of a protocol",
+                            description="Evaluate under eval.protocol (docs/evaluation.md): every length reported "
+                                        "and the best; generations.jsonl and summary.json record the protocol.")
     p_eval.add_argument("experiment")
-    p_eval.add_argument("--ckpt", help="saved model directory or Lightning .ckpt (default: latest final model)")
-    p_eval.add_argument("--data", help="data file in the task's format (default: the test split)")
-    p_eval.add_argument("--out", help="output directory for generations.jsonl and summary.json")
+    p_eval.add_argument("--ckpt", help="saved model directory, Lightning .ckpt or run directory "
+                                       "(default: the experiment's latest run)")
+    p_eval.add_argument("--data", help="data file in the task's format (default: the test split; the papers' "
+                                       "sudoku / countdown need the published test file)")
+    p_eval.add_argument("--out", help="output directory for generations.jsonl and summary.json "
+                                      "(default: <run>/eval/<data>_<protocol>_<checkpoint rule>)")
+    p_eval.add_argument("--protocol", choices=["papers", "experiment"],
+                        help="papers: the releases' lengths, steps, prompts, subset and lm-eval tasks; experiment: "
+                             "the experiment's sampler and prompts (default: eval.protocol of the experiment)")
+    p_eval.add_argument("--checkpoint", choices=["final", "best_val", "best_test"],
+                        help="final model, the best by val accuracy, or the best on the test data itself "
+                             "(the papers' 'best': optimistic) (default: eval.checkpoint)")
+    p_report = sub.add_parser("report", help="the papers' table (methods x tasks, per length and best) over eval "
+                                             "summaries, as markdown, CSV and a plot beside the published figures")
+    p_report.add_argument("summaries", nargs="*", default=["runs"],
+                          help="summary.json files or directories searched for them (default: runs)")
+    p_report.add_argument("--out", default="results/report", help="output directory (default: results/report)")
     p_compare = sub.add_parser("compare", help="train and evaluate every RL method on one tiny task")
     p_compare.add_argument("--task", default="sudoku")
     p_compare.add_argument("--seeds", type=int, default=3)
@@ -185,10 +203,15 @@ def main(argv: list[str] | None = None) -> None:
             train_with_base(args.experiment, args.overrides)
         elif args.command == "eval":
             from gdsd_lightning.config import load_experiment
-            from gdsd_lightning.evaluate import evaluate
+            from gdsd_lightning.evaluate import evaluate, summary_line
 
-            summary = evaluate(load_experiment(args.experiment, args.overrides), args.ckpt, args.data, args.out)
-            print(" ".join(f"{k}={v}" for k, v in summary.items()))
+            chosen = [f"eval.{key}={value}" for key in ("protocol", "checkpoint") if (value := getattr(args, key))]
+            cfg = load_experiment(args.experiment, [*args.overrides, *chosen])
+            print(summary_line(evaluate(cfg, args.ckpt, args.data, args.out)))
+        elif args.command == "report":
+            from gdsd_lightning.report import report
+
+            print(report(args.summaries, args.out))
         elif args.command == "compare":
             from gdsd_lightning.compare import compare
 
