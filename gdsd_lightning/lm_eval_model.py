@@ -1,14 +1,12 @@
 """Every model of this harness as an lm-evaluation-harness model, registered as `gdsd_lightning`.
 
-    python -m gdsd_lightning.lm_eval_model --model gdsd_lightning \\
+    python -m gdsd_lightning.lm_eval_cli --model gdsd_lightning --batch_size 8 \\
         --model_args path=runs/gdsd_llada_gsm8k/latest/final,gen_length=256,steps=128,block_length=32 \\
         --tasks gsm8k_cot,minerva_math,humaneval,mbpp --output_path out/
 
-takes lm-eval's own command-line arguments. lm-eval finds a model only in its registry, which it
-fills from its own package (no entry points), so a plain `lm_eval --model gdsd_lightning` cannot
-see this one; this module's command line registers it, adds the sandboxed code tasks
-(gdsd_lightning/lm_eval_tasks: `humaneval` and `mbpp` there replace lm-eval's own, so generated
-code never runs in lm-eval's unconfined executor) and hands over to lm-eval's command line.
+(lm_eval_cli.py: lm-eval's command line with this model registered and the sandboxed code tasks
+of gdsd_lightning/lm_eval_tasks included; a plain `lm_eval` cannot find this model, see there.)
+In Python, `DiffusionHarnessLM(policy=model, ...)` wraps an already loaded model.
 
 model_args (all optional except a model):
     path=DIR|HUB_ID     a saved model of this harness (full or LoRA), or with family= a base
@@ -17,7 +15,8 @@ model_args (all optional except a model):
     experiment=NAME, ckpt=FILE      a Lightning checkpoint of one of this harness's experiments
     sampler=block|dream gen_length=256 steps=128 block_length=32 temperature=0 remasking=low_confidence
     top_p=0.95 eps=0.001 fast_threshold= kv_cache=False kv_refresh_every=     (generation.sample)
-    batch_size=1 seed=1234 num_mc=128 mc_batch_size=32 check_greedy=False dtype=auto device=
+    seed=1234 num_mc=128 mc_batch_size=32 check_greedy=False dtype=auto
+    (the batch size and device are lm-eval's own --batch_size and --device)
 
 generate_until: the prompts (left-padded, with the tokenizer's own special tokens, as the releases
 encode them) get `gen_length` tokens from the sampler; a completion is decoded with its special
@@ -37,7 +36,6 @@ reproduces it.
 
 from __future__ import annotations
 
-import sys
 import zlib
 from pathlib import Path
 
@@ -97,7 +95,8 @@ class DiffusionHarnessLM(LM):
                  policy: DiffusionLM | None = None, **unused):
         """`policy`: an already loaded model (Python callers; the other model arguments are ignored)."""
         super().__init__()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"     # lm-eval's --device defaults to cuda
         if dtype == "auto":
             dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
         if policy is None:
@@ -331,19 +330,3 @@ def run_tasks(policy: DiffusionLM, protocol, length: int) -> tuple[dict, list[di
                                  **{key: sum(s[key] for s in subjects) / len(subjects)
                                     for key in ("accuracy", *(f"pass@{k}" for k in protocol.pass_at))}}
     return results, rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    """lm-eval's command line with this model registered and the sandboxed code tasks included."""
-    from lm_eval.__main__ import cli_evaluate
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a.startswith("--include_path") for a in argv):
-        sys.exit("error: this command passes --include_path itself (the sandboxed code tasks); give your own "
-                 "task files as paths in --tasks instead")
-    sys.argv = ["lm_eval", *argv, "--include_path", str(TASKS_DIR)]
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()

@@ -4,6 +4,9 @@ report, on tiny models and fixtures of our own in the published formats."""
 
 import csv
 import json
+import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -364,3 +367,20 @@ def test_report_puts_our_numbers_beside_the_published_ones(tmp_path):
     assert {(r["model"], r["length"]) for r in rows} == {("llada", "32"), ("llada", "best"), ("tiny-llada", "32"),
                                                          ("tiny-llada", "best")}
     assert (tmp_path / "report" / "report.png").stat().st_size > 0 and "report.md" in message
+
+
+@pytest.mark.slow
+def test_lm_evals_own_command_line_runs_our_model(tmp_path):
+    """`python -m gdsd_lightning.lm_eval_cli --model gdsd_lightning ...`, lm-eval's command line,
+    with a local task file and the sandboxed HumanEval (about a minute: lm-eval indexes its tasks)."""
+    data = tmp_path / "arithmetic.jsonl"
+    data.write_text('{"question": "2 plus 3?", "answer": "#### 5"}\n')
+    (tmp_path / "arithmetic.yaml").write_text(LOCAL_TASK.format(data=data))
+    make_tiny().save(tmp_path / "model")
+    done = subprocess.run([sys.executable, "-m", "gdsd_lightning.lm_eval_cli", "--model", "gdsd_lightning",
+                           "--model_args", f"path={tmp_path / 'model'},gen_length=16,steps=8,block_length=16",
+                           "--tasks", f"{tmp_path / 'arithmetic.yaml'},humaneval", "--limit", "1", "--device", "cpu",
+                           "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"\|humaneval *\|", done.stdout) and re.search(r"\|tiny_arithmetic *\|", done.stdout)
+    assert list((tmp_path / "out").rglob("results_*.json"))
