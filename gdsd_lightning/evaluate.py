@@ -45,9 +45,6 @@ from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, require_file, w
 from gdsd_lightning.tasks import Task, get_task
 from gdsd_lightning.tasks import release_eval
 
-PAPERS_OWN_TASKS = ("sudoku", "countdown")      # scored with the releases' extraction under `papers`
-
-
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k of one prompt with c correct among n samples: 1 - C(n-c, k) / C(n, k)."""
     if k > n:
@@ -298,7 +295,10 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, data: str | None = None, 
         for ref in refs:
             policy = load_ref(cfg, ref).to(device).eval()
             model = model or model_record(cfg, policy)
-            write = lambda row, label=ref.label: f.write(json.dumps({"checkpoint": label, **row}, default=str) + "\n")  # noqa: E731
+
+            def write(row: dict, label: str = ref.label) -> None:
+                f.write(json.dumps({"checkpoint": label, **row}, default=str) + "\n")
+
             candidates.append({"checkpoint": ref.label,
                                "results": evaluate_model(policy, task, protocol, examples, cfg, write)})
             del policy

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.lm_eval_model import TASKS_DIR
 
 
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("error: this command passes --include_path itself (the sandboxed code tasks); give your own "
                  "task files as paths in --tasks instead")
     sys.argv = ["lm_eval", *argv, "--include_path", str(TASKS_DIR)]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except UserError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

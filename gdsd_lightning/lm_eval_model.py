@@ -48,10 +48,11 @@ from tqdm.auto import tqdm
 from gdsd_lightning.diffusion.estimators import coupled_elbo, coupled_logprobs
 from gdsd_lightning.diffusion.masking import generator_for, stratified_mask
 from gdsd_lightning.errors import UserError
+from gdsd_lightning.evaluate import load_policy, pass_at_k_mean
 from gdsd_lightning.generation import sample
 from gdsd_lightning.models.adapter import FAMILY_FILE, DiffusionLM
 from gdsd_lightning.models.families import FAMILIES
-from gdsd_lightning.protocol import MINERVA_SUBJECTS
+from gdsd_lightning.protocol import MINERVA_SUBJECTS, Protocol
 
 TASKS_DIR = Path(__file__).with_name("lm_eval_tasks")   # the sandboxed humaneval / mbpp tasks
 
@@ -62,7 +63,6 @@ def load_model(path: str | None = None, family: str | None = None, lora: str | N
     """The model named by the model_args (see the module docstring)."""
     if experiment:
         from gdsd_lightning.config import load_experiment
-        from gdsd_lightning.evaluate import load_policy
 
         return load_policy(load_experiment(experiment, [f"model.dtype={str(dtype).removeprefix('torch.')}"]), ckpt)[0]
     if not path:
@@ -92,8 +92,13 @@ class DiffusionHarnessLM(LM):
                  fast_threshold: float | None = None, kv_cache: bool = False, kv_refresh_every: int | None = None,
                  batch_size: int | str | None = 1, seed: int = 1234, num_mc: int = 128, mc_batch_size: int = 32,
                  check_greedy: bool = False, dtype: str = "auto", device: str | None = None,
-                 policy: DiffusionLM | None = None, **unused):
-        """`policy`: an already loaded model (Python callers; the other model arguments are ignored)."""
+                 policy: DiffusionLM | None = None, max_batch_size: int | None = None,
+                 trust_remote_code: bool | None = None, **unknown):
+        """`policy`: an already loaded model (Python callers; the loading arguments are then unused).
+        `max_batch_size` and `trust_remote_code` are lm-eval's, not used (the family decides)."""
+        if unknown:
+            raise UserError(f"unknown model_args for gdsd_lightning: {', '.join(sorted(unknown))} (see "
+                            "gdsd_lightning/lm_eval_model.py)")
         super().__init__()
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             device = "cuda" if torch.cuda.is_available() else "cpu"     # lm-eval's --device defaults to cuda
@@ -282,10 +287,11 @@ def headline(task: str, metrics: dict) -> tuple[str, str]:
     raise UserError(f"lm-eval task {task} reported no metric")
 
 
-def run_tasks(policy: DiffusionLM, protocol, length: int) -> tuple[dict, list[dict]]:
+def run_tasks(policy: DiffusionLM, protocol: Protocol, length: int) -> tuple[dict, list[dict]]:
     """The protocol's lm-eval tasks at generation length `length`, `num_samples` times (model seed
-    `seed` + sample index). Returns per task {"accuracy", "metric", "n", "metrics", "pass@k"...}
-    (the seven minerva_math subjects also as their unweighted mean) and one row per completion."""
+    `seed` + sample index). Returns per task {"accuracy": the headline metric's mean over every
+    document and sample, "metric", "n", "metrics": lm-eval's of the first sample, "pass@k"...} (the
+    seven minerva_math subjects also as their unweighted mean) and one row per completion."""
     from lm_eval import simple_evaluate
 
     specs = list(protocol.lm_eval_tasks)
@@ -316,8 +322,6 @@ def run_tasks(policy: DiffusionLM, protocol, length: int) -> tuple[dict, list[di
                              **{m: entry[m] for m in entry.get("metrics", []) if m in entry}})
                 if entry["filter"] == filter_name:
                     scores.setdefault(task, {}).setdefault(entry["doc_id"], []).append(float(entry[metric]))
-    from gdsd_lightning.evaluate import pass_at_k_mean
-
     for task, docs in scores.items():
         per_doc = list(docs.values())
         results[task]["accuracy"] = sum(map(sum, per_doc)) / sum(map(len, per_doc))

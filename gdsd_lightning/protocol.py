@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 from omegaconf import DictConfig, OmegaConf
@@ -168,10 +168,6 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
     return Protocol(e.protocol, task, harness, lengths, steps, block, sampler, cfg.seed, e.num_samples,
                     tuple(e.pass_at or default_pass_at(e.num_samples)) if e.num_samples > 1 else (), e.checkpoint,
                     prompts, subset, e.num_examples, lm_eval_tasks, e.fewshot, e.num_mc, e.batch_size, notes)
-
-
-def with_checkpoint(protocol: Protocol, rule: str) -> Protocol:
-    return replace(protocol, checkpoint=rule)
 
 
 # ---- where a number was computed ---------------------------------------------------------

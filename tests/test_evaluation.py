@@ -146,17 +146,17 @@ def write_fixtures(tmp_path):
 
 def test_papers_protocol_on_sudoku_records_the_protocol_and_pools_the_cells(tmp_path):
     sudoku, _, model = write_fixtures(tmp_path)
-    cfg = load_experiment("tiny_sudoku_sft", [*SMALL, "eval.protocol=papers", "eval.lengths=[32,64]", "eval.subset=4",
-                                              "eval.num_samples=2", "sampler.temperature=1.0", "eval.batch_size=3"])
+    cfg = load_experiment("tiny_sudoku_sft", [*SMALL, "eval.protocol=papers", "eval.lengths=[32,64]", "eval.subset=3",
+                                              "eval.num_samples=2", "sampler.temperature=1.0", "eval.batch_size=2"])
     summary = evaluate(cfg, str(model), str(sudoku), str(tmp_path / "out"))
-    drawn = np.random.RandomState(42).choice(len(SUDOKU_ROWS), 4, replace=False)   # the releases' draw
+    drawn = np.random.RandomState(42).choice(len(SUDOKU_ROWS), 3, replace=False)   # the releases' draw
     assert summary["protocol"]["steps"] == {"32": 16, "64": 32} and summary["protocol"]["pass_at"] == [1, 2]
-    assert summary["data"] == {"source": str(sudoku), "rows": 5, "evaluated": 4}
+    assert summary["data"] == {"source": str(sudoku), "rows": 5, "evaluated": 3}
     assert summary["versions"]["lm_eval"] and summary["device"]["type"] == "cpu"
     lines = (tmp_path / "out" / "generations.jsonl").read_text().splitlines()
     header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
-    assert header["protocol"] == summary["protocol"] and len(rows) == 2 * 4 * 2        # lengths x prompts x samples
-    assert [r["example"]["Puzzle"] for r in rows[:4]] == [SUDOKU_ROWS[i][0] for i in drawn]
+    assert header["protocol"] == summary["protocol"] and len(rows) == 2 * 3 * 2        # lengths x prompts x samples
+    assert [r["example"]["Puzzle"] for r in rows[:3]] == [SUDOKU_ROWS[i][0] for i in drawn]
     assert rows[0]["prompt"].endswith("<assistant>\n<reasoning>")
     for length in ("32", "64"):
         at = [r for r in rows if r["length"] == int(length)]
@@ -302,10 +302,11 @@ def test_sandboxed_tasks_keep_lm_eval_prompts():
 
 
 def test_a_hub_task_offline_fails_in_seconds_with_one_sentence(tmp_path, monkeypatch, capsys):
-    from gdsd_lightning import hub
+    from gdsd_lightning import hub, lm_eval_model
     from gdsd_lightning.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setitem(lm_eval_model.HUB_DATA, "gsm8k_cot", ("gdsd-lightning-tests/never-cached", "main"))
     hub.hub_reachable.cache_clear()
     make_tiny().save(tmp_path / "model")
     start = time.monotonic()
@@ -314,7 +315,8 @@ def test_a_hub_task_offline_fails_in_seconds_with_one_sentence(tmp_path, monkeyp
     err = capsys.readouterr().err.strip()
     hub.hub_reachable.cache_clear()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
-    assert "gsm8k_cot reads openai/gsm8k from the Hugging Face hub" in err and "eval.lm_eval_tasks=" in err
+    assert "gsm8k_cot reads gdsd-lightning-tests/never-cached from the Hugging Face hub" in err
+    assert "eval.lm_eval_tasks=[path/to/task.yaml]" in err
     assert time.monotonic() - start < 15
 
 
