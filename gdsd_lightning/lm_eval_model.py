@@ -28,7 +28,8 @@ loglikelihood: the Monte-Carlo coupled ELBO of the continuation given the contex
     log p(x | c) ~ 1/K sum_k 1/2 [ sum_{l in M_k} log p(x_l | z_k)_l / t_k
                                    + sum_{l not in M_k} log p(x_l | z_bar_k)_l / t_bar_k ]
 
-over K = num_mc stratified masks M_k (diffusion/masking.py, estimators.coupled_elbo), drawn
+with t_k = |M_k| / (L+1) and t_bar_k = (L - |M_k|) / (L+1) for a continuation of L tokens, over
+K = num_mc stratified masks M_k (diffusion/masking.py, estimators.coupled_elbo), drawn
 from a generator seeded by `seed` and the request's text, so a request gets the same estimate in
 every run. is_greedy (check_greedy=True): greedy decoding of the continuation, one token per step,
 reproduces it.

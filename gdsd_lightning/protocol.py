@@ -140,6 +140,9 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
         harness, prompts = paper.harness, e.prompts if paper.harness == OWN_HARNESS else "lm-eval task"
         subset = {"size": e.subset or paper.subset, "seed": e.subset_seed} if paper.subset or e.subset else None
         lm_eval_tasks = tuple(e.lm_eval_tasks or paper.lm_eval_tasks)
+        if harness == LM_EVAL and e.subset:
+            problems.append("eval.subset draws from this harness's data files; lm-eval tasks take eval.num_examples "
+                            "(their limit)")
         if s.temperature > 0:
             notes.append(f"sampled at temperature {s.temperature} (the papers' protocol is greedy)")
     else:

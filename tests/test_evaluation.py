@@ -332,6 +332,29 @@ def test_generate_until_cuts_at_stop_sequences_and_drops_special_tokens(tiny_lla
     assert len(texts) == 3 and texts[0] == texts[2] and "<eos>" not in texts[0]   # greedy: the same prompt, the same text
 
 
+def test_lora_checkpoints_load_as_saved_here_or_as_adapter_directories(tmp_path):
+    """A LoRA model saved by this harness (path=) and the same adapters on their base (lora=, the
+    releases' checkpoint folders) give the same greedy completions as the model in memory."""
+    from gdsd_lightning.lm_eval_model import DiffusionHarnessLM
+    from gdsd_lightning.models import DiffusionLM
+    from gdsd_lightning.models.lora import add_lora
+
+    make_tiny().save(tmp_path / "base")
+    tuned = DiffusionLM.load(tmp_path / "base")
+    add_lora(tuned, r=2, alpha=4, dropout=0.0)
+    with torch.no_grad():
+        for name, weight in tuned.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    tuned.save(tmp_path / "tuned")
+    request = type("Request", (), {"args": ("Q: 3+4?\nA:", {"until": []})})
+    settings = {"gen_length": 8, "steps": 4, "block_length": 8}
+    texts = [DiffusionHarnessLM(**settings, **source).generate_until([request], disable_tqdm=True)[0] for source in
+             ({"policy": tuned.eval()}, {"path": str(tmp_path / "tuned")},
+              {"path": str(tmp_path / "base"), "lora": str(tmp_path / "tuned")}, {"path": str(tmp_path / "base")})]
+    assert texts[0] == texts[1] == texts[2] != texts[3]
+
+
 def test_loglikelihood_of_one_token_is_exact(tiny_llada):
     """With one continuation token the coupled ELBO has no variance: the stratified masks mask it
     (t = 1/2, weight 1/2 / t) or keep it (its complement masks it, t_bar = 1/2), so every row gives
