@@ -42,6 +42,10 @@ class Row:
     def label(self) -> str:
         return f"{self.method}{' *' if self.checkpoint_rule == 'best_test' else ''}"
 
+    @property
+    def long_label(self) -> str:
+        return f"{self.label}\n{self.protocol}, {self.checkpoint_rule}"
+
 
 def find_summaries(paths: list[str]) -> list[Path]:
     """Eval summary.json files among `paths` (files, or directories searched recursively)."""
@@ -107,17 +111,19 @@ def markdown(rows: list[Row], published: dict) -> str:
     for family in sorted({r.family for r in rows}):
         family_rows = [r for r in rows if r.family == family]
         tasks = ordered_tasks(family_rows)
+        with_paper = {t for t in tasks if any(key[0] == family and key[2] == t for key in published)}
         header = ["method", "protocol", "checkpoint"]
         for task in tasks:
-            header += [f"{task} L{n}" for n in lengths_of(family_rows, task)] + [f"{task} best", f"{task} paper"]
+            header += [f"{task} L{n}" for n in lengths_of(family_rows, task)] + [f"{task} best"]
+            header += [f"{task} paper"] if task in with_paper else []
         lines = [f"## {MODEL_NAMES.get(family, family)}", "", "| " + " | ".join(header) + " |",
                  "|" + "---|" * len(header)]
         for row in family_rows:
             cells = [row.label, row.protocol, row.checkpoint_rule]
             for task in tasks:
                 ours = row.cells.get(task, {})
-                cells += [percent(ours.get(n)) for n in lengths_of(family_rows, task)]
-                cells += [percent(ours.get("best")), percent(published.get((family, row.method, task)))]
+                cells += [percent(ours.get(n)) for n in lengths_of(family_rows, task)] + [percent(ours.get("best"))]
+                cells += [percent(published.get((family, row.method, task)))] if task in with_paper else []
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -149,13 +155,16 @@ def plot(rows: list[Row], published: dict, path: Path) -> None:
     for ax, (family, task) in zip(axes[0], panels):
         entries = [r for r in rows if r.family == family and task in r.cells]
         x = range(len(entries))
-        ax.bar([i - 0.2 for i in x], [100 * r.cells[task]["best"] for r in entries], 0.4, label="this harness")
-        paper = [published.get((family, r.method, task)) for r in entries]
-        ax.bar([i + 0.2 for i, p in zip(x, paper) if p is not None], [100 * p for p in paper if p is not None], 0.4,
-               label="published", hatch="//", alpha=0.7)
-        ax.set_xticks(list(x), [r.label for r in entries], rotation=30, ha="right")
-        ax.set(title=f"{MODEL_NAMES.get(family, family)}: {task} (best length)", ylabel="accuracy %", ylim=(0, 100))
-        ax.legend(fontsize=8)
+        ax.bar([i - 0.2 for i in x], [100 * r.cells[task]["best"] for r in entries], 0.4, color="tab:blue",
+               label="this harness")
+        paper = [(i, published[(family, r.method, task)]) for i, r in enumerate(entries) if (family, r.method, task) in published]
+        if paper:
+            ax.bar([i + 0.2 for i, _ in paper], [100 * p for _, p in paper], 0.4, color="tab:orange", hatch="//",
+                   label="published (GDSD paper)")
+        ax.set_xticks(list(x), [r.long_label for r in entries], fontsize=8)
+        ax.set(title=f"{MODEL_NAMES.get(family, family)}: {task} (best length)", ylabel="accuracy %", ylim=(0, 100),
+               xlim=(-0.6, len(entries) - 0.4))
+        ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
