@@ -114,7 +114,8 @@ class DiffusionHarnessLM(LM):
             "block_length": int(block_length) if kind == "block" else int(gen_length), "temperature": float(temperature),
             "remasking": remasking, "top_p": float(top_p), "eps": float(eps),
             "fast_threshold": None if fast_threshold in (None, "") else float(fast_threshold),
-            "kv_cache": bool(kv_cache), "kv_refresh_every": None if kv_refresh_every in (None, "") else int(kv_refresh_every)})
+            "kv_cache": bool(kv_cache),
+            "kv_refresh_every": None if kv_refresh_every in (None, "") else int(kv_refresh_every)})
         check_sampler(self.sampler)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1     # "auto": one prompt at a time
         self.seed, self.num_mc, self.mc_batch_size = int(seed), int(num_mc), int(mc_batch_size)

@@ -153,7 +153,8 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
         subset = {"size": e.subset, "seed": e.subset_seed} if e.subset else None
         lm_eval_tasks = ()
         if e.lm_eval_tasks:
-            problems.append("eval.lm_eval_tasks needs eval.protocol=papers (the experiment protocol scores with the task's own metrics)")
+            problems.append("eval.lm_eval_tasks needs eval.protocol=papers (the experiment protocol scores with the "
+                            "task's own metrics)")
     if s.kind == "dream":
         block = None
     for n in lengths:

@@ -157,7 +157,7 @@ def plot(rows: list[Row], published: dict, path: Path) -> None:
         x = range(len(entries))
         ax.bar([i - 0.2 for i in x], [100 * r.cells[task]["best"] for r in entries], 0.4, color="tab:blue",
                label="this harness")
-        paper = [(i, published[(family, r.method, task)]) for i, r in enumerate(entries) if (family, r.method, task) in published]
+        paper = [(i, published[key]) for i, r in enumerate(entries) if (key := (family, r.method, task)) in published]
         if paper:
             ax.bar([i + 0.2 for i, _ in paper], [100 * p for _, p in paper], 0.4, color="tab:orange", hatch="//",
                    label="published (GDSD paper)")

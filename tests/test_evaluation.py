@@ -172,8 +172,8 @@ def test_papers_sudoku_accuracy_pools_cells_and_pass_at_k_counts_solved_prompts(
     from gdsd_lightning.tasks import get_task
 
     protocol = resolve_protocol(load_experiment("gdsd_llada_sudoku", ["sampler.temperature=1", "eval.num_samples=2"]))
-    records = [[{"correct_cells": 1, "empty_cells": 2, "correct": False}, {"correct_cells": 2, "empty_cells": 2, "correct": True}],
-               [{"correct_cells": 3, "empty_cells": 4, "correct": False}, {"correct_cells": 0, "empty_cells": 4, "correct": False}]]
+    cells = lambda correct, empty: {"correct_cells": correct, "empty_cells": empty, "correct": correct == empty}  # noqa: E731
+    records = [[cells(1, 2), cells(2, 2)], [cells(3, 4), cells(0, 4)]]
     metrics = aggregate(get_task("sudoku"), protocol, records)
     # pooled: (1 + 2 + 3 + 0) / (2 + 2 + 4 + 4) = 0.5 (the mean of the ratios would be 0.5625)
     assert metrics["accuracy"] == 0.5 and metrics["solve_rate"] == 0.25
