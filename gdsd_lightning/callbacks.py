@@ -3,6 +3,7 @@ checkpoints after evaluation; and the atomic checkpoint writer."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -11,14 +12,26 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from gdsd_lightning.runs import write_json
 
 
-def log_text(trainer: L.Trainer, tag: str, text: str) -> None:
-    experiment = getattr(trainer.logger, "experiment", None)
-    if experiment is not None and hasattr(experiment, "add_text"):
-        experiment.add_text(tag, text, global_step=trainer.global_step)
+def log_samples(trainer: L.Trainer, tag: str, rows: list[tuple[str, str, float]]) -> None:
+    """(prompt, completion, reward) rows to every logger at this optimiser step: a markdown table in
+    TensorBoard's text tab, a W&B table, a JSON line per row in the CSV logger's samples.jsonl."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text(tag, samples_markdown(rows), global_step=trainer.global_step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_text(key=tag, columns=["prompt", "completion", "reward"], data=[list(r) for r in rows],
+                            step=trainer.global_step)
+        elif isinstance(logger, CSVLogger) and trainer.is_global_zero:
+            Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(logger.log_dir) / "samples.jsonl", "a", encoding="utf-8") as f:
+                for prompt, completion, reward in rows:
+                    f.write(json.dumps({"step": trainer.global_step, "tag": tag, "prompt": prompt,
+                                        "completion": completion, "reward": reward}) + "\n")
 
 
 def samples_markdown(rows: list[tuple[str, str, float]]) -> str:
@@ -60,7 +73,7 @@ class RolloutStatistics(L.Callback):
         if step // self.text_every_n_steps != self._last_text_step // self.text_every_n_steps:
             self._last_text_step = step
             rows = list(zip(rollout.prompts, rollout.completions, rollout.rewards.tolist()))[: self.num_texts]
-            log_text(trainer, "rollout/samples", samples_markdown(rows))
+            log_samples(trainer, "rollout/samples", rows)
 
 
 class ReferenceSync(L.Callback):
@@ -156,7 +169,7 @@ class ValHistory(L.Callback):
         else:
             self.history.append([trainer.global_step, accuracy])
         samples = getattr(module, "val_samples", [])
-        log_text(trainer, "val/samples", samples_markdown([(s["prompt"], s["completion"], s["reward"]) for s in samples]))
+        log_samples(trainer, "val/samples", [(s["prompt"], s["completion"], s["reward"]) for s in samples])
         if trainer.is_global_zero:
             self.write_summary(trainer)
 

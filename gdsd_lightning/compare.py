@@ -128,7 +128,7 @@ def reward_curve(run_dir: Path) -> list[tuple[int, float]]:
 def run_one(method: str, experiment: str, seed: int, overrides: list[str]) -> RunResult:
     """Train or reuse one run and test it. "Best" is the best-by-val model: the base itself when
     no evaluation during training beat step 0, else checkpoints/best.ckpt."""
-    from gdsd_lightning.cli import train_with_base
+    from gdsd_lightning.train import train_with_base
 
     cfg = load_experiment(experiment, [*overrides, f"seed={seed}"])
     run_dir = finished_run(cfg)

@@ -22,6 +22,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from gdsd_lightning.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+LOGGERS = ("tensorboard", "csv", "wandb")
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
 
@@ -106,6 +107,8 @@ class TrainerConfig:
     ref_sync_every_n_steps: int = 0        # copy policy -> reference every N optimiser steps (0: never)
     max_skipped_in_a_row: int = 200        # stop when this many rollouts in a row give no step
     max_bad_steps_in_a_row: int = 10       # stop after this many non-finite losses / gradients in a row
+    logger: str = "tensorboard"            # Lightning loggers, comma-separated: tensorboard, csv, wandb
+    logger_project: Optional[str] = None   # W&B project (default: the experiment's name)
 
 
 @dataclass
@@ -169,6 +172,13 @@ def overlay_path(name: str) -> Path:
 
 def list_experiments() -> list[str]:
     return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def describe_experiments() -> str:
+    """One line per experiment: its name and description."""
+    names = list_experiments()
+    width = max(map(len, names))
+    return "\n".join(f"{name:<{width}}  {read_yaml(experiment_path(name)).get('description', '')}" for name in names)
 
 
 def read_yaml(path: Path) -> DictConfig:
@@ -300,6 +310,10 @@ def check_combinations(cfg: DictConfig) -> None:
     if s.kv_refresh_every is not None and (not s.kv_cache or s.kv_refresh_every < 1):
         problems.append(f"sampler.kv_refresh_every must be a positive number of steps and needs sampler.kv_cache=true, "
                         f"got {s.kv_refresh_every} with kv_cache={s.kv_cache}")
+    unknown_loggers = [name for name in cfg.trainer.logger.split(",") if name not in LOGGERS]
+    if unknown_loggers:
+        problems.append(f"trainer.logger: unknown logger(s) {', '.join(map(repr, unknown_loggers))}; "
+                        f"choose from {', '.join(LOGGERS)}, comma-separated")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         problems.append(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.model.lora_r < 0:

@@ -1,4 +1,4 @@
-"""Access to the Hugging Face hub that fails in seconds, with a sentence, when the hub is unreachable.
+"""Access to the Hugging Face hub (and W&B) that fails in seconds, with a sentence, when unreachable.
 
 Without this, an offline machine spends about 25 s in retries per file and ends in a traceback
 wall. `offline_unless_reachable()` checks one TCP connection to the hub endpoint; when it fails,
@@ -16,16 +16,24 @@ from urllib.parse import urlparse
 from gdsd_lightning.errors import UserError
 
 
-@functools.lru_cache(maxsize=1)
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+@functools.lru_cache(maxsize=None)
+def reachable(url: str, timeout_s: float = 3.0) -> bool:
+    """Whether one TCP connection to the host of `url` succeeds within `timeout_s`."""
+    endpoint = urlparse(url)
     try:
         with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s):
             return True
     except OSError:
         return False
+
+
+def hub_reachable() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") != "1" and reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+def wandb_reachable() -> bool:
+    """Whether Weights & Biases can log online (else WandbLogger runs offline)."""
+    return os.environ.get("WANDB_MODE") != "offline" and reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
 
 
 def offline_unless_reachable() -> bool:

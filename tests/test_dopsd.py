@@ -82,7 +82,7 @@ def test_the_gate_drops_wrong_rollouts_and_skips_when_none_is_left(tiny_llada):
 
 
 def test_dopsd_trains_when_some_rollouts_pass_and_stops_clearly_when_none_do(tmp_path, monkeypatch):
-    from gdsd_lightning.cli import train
+    from gdsd_lightning.train import train
     from gdsd_lightning.config import load_experiment
     from gdsd_lightning.errors import UserError
     from gdsd_lightning.models import DiffusionLM

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gdsd_lightning.cli import train
+from gdsd_lightning.train import train
 from gdsd_lightning.config import load_experiment
 from gdsd_lightning.models import DiffusionLM
 from tests.conftest import make_tiny, rl_overrides

@@ -1,0 +1,88 @@
+"""The command line's help and the loggers a run can write to."""
+
+import csv
+import json
+import re
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gdsd_lightning.cli import main
+from gdsd_lightning.config import PROJECT_ROOT, load_experiment
+from gdsd_lightning.errors import UserError
+from gdsd_lightning.train import train
+from tests.conftest import rl_overrides
+
+MAKE_TO_COMMAND = {"data": "make-data"}          # make targets whose CLI command has another name
+NOT_CLI = {"test"}                                # make targets that are not CLI commands (pytest)
+
+
+def help_text(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_command_of_the_readme(capsys):
+    table = (PROJECT_ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    targets = set(re.findall(r"^\| `make ([a-z-]+)", table, re.M)) - NOT_CLI
+    commands = {MAKE_TO_COMMAND.get(t, t) for t in targets} | set(re.findall(r"python -m gdsd_lightning ([a-z-]+)`", table))
+    assert {"train", "eval", "compare", "bench", "make-data", "list"} <= commands
+    overview = help_text(capsys)
+    for command in commands:
+        assert re.search(rf"^\s+{command}\b", overview, re.M), f"`--help` does not list {command}"
+        assert help_text(capsys, command).startswith(f"usage: python -m gdsd_lightning {command}")
+    for command in ("train", "eval", "compare"):       # the commands that read experiments take overrides
+        assert "key=value" in help_text(capsys, command)
+
+
+def test_every_logger_gets_the_scalars_and_the_sample_texts(tmp_path, varied_reward, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 2, run_name="all",
+                                                          **{"trainer.logger": "tensorboard,csv,wandb"}))
+    run_dir = train(cfg)
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert "rollout/reward_mean" in events.Tags()["scalars"] and "val/accuracy" in events.Tags()["scalars"]
+    assert any(tag.startswith("rollout/samples") for tag in events.Tags()["tensors"])
+
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["rollout/reward_mean"]) for r in rows if r["rollout/reward_mean"]]
+    assert [float(r["val/accuracy"]) for r in rows if r["val/accuracy"]]
+    samples = [json.loads(line) for line in (run_dir / "csv" / "samples.jsonl").read_text().splitlines()]
+    assert {s["tag"] for s in samples} == {"rollout/samples", "val/samples"}
+    assert all(isinstance(s["completion"], str) and 0.0 <= s["reward"] <= 1.0 for s in samples)
+
+    (record,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")   # W&B's local run log
+    logged = record.read_bytes()
+    for key in (b"rollout/reward_mean", b"val/accuracy", b"rollout/samples", b"val/samples"):
+        assert key in logged, key
+
+
+def test_an_unknown_logger_is_refused_with_the_choices():
+    with pytest.raises(UserError, match=r"trainer.logger: unknown logger\(s\) 'mlflow'; choose from tensorboard, csv, wandb"):
+        load_experiment("gdsd_tiny_sudoku", ["trainer.logger=tensorboard,mlflow"])
+
+
+def test_the_package_import_graph_has_no_cycle():
+    """Every import of a gdsd_lightning module, at module level or inside a function, is an edge;
+    graphlib refuses a cycle (the training routine once lived in cli.py and compare imported it back)."""
+    import ast
+    from graphlib import TopologicalSorter
+
+    package = PROJECT_ROOT / "gdsd_lightning"
+    modules = {".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in package.rglob("*.py")}
+    graph = {}
+    for module, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in modules:
+                imported |= {node.module} | {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names} & modules.keys()
+        graph[module] = imported - {module}
+    TopologicalSorter(graph).prepare()      # raises graphlib.CycleError naming the cycle
