@@ -49,7 +49,8 @@ from tqdm.auto import tqdm
 from gdsd_lightning.diffusion.estimators import coupled_elbo, coupled_logprobs
 from gdsd_lightning.diffusion.masking import generator_for, stratified_mask
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.evaluate import load_policy, pass_at_k_mean
+from gdsd_lightning.checkpoints import load_policy
+from gdsd_lightning.metrics import pass_at_k_mean
 from gdsd_lightning.generation import sample
 from gdsd_lightning.models.adapter import FAMILY_FILE, DiffusionLM
 from gdsd_lightning.models.families import FAMILIES

@@ -15,7 +15,8 @@ import torch
 
 from gdsd_lightning.config import load_experiment
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.evaluate import evaluate, pass_at_k, pass_at_k_mean, pick_best_on_test
+from gdsd_lightning.evaluate import evaluate, pick_best_on_test
+from gdsd_lightning.metrics import pass_at_k, pass_at_k_mean
 from gdsd_lightning.protocol import MINERVA_SUBJECTS, resolve_protocol
 from gdsd_lightning.tasks import release_eval
 from tests.conftest import SMALL, make_tiny
@@ -189,7 +190,7 @@ def test_best_test_reports_each_cell_from_the_best_checkpoint():
 
 
 def test_checkpoint_rules_choose_among_a_runs_models(tmp_path):
-    from gdsd_lightning.evaluate import models_for_rule
+    from gdsd_lightning.checkpoints import models_for_rule
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -302,18 +303,16 @@ def test_sandboxed_tasks_keep_lm_eval_prompts():
 
 
 def test_a_hub_task_offline_fails_in_seconds_with_one_sentence(tmp_path, monkeypatch, capsys):
-    from gdsd_lightning import hub, lm_eval_model
+    from gdsd_lightning import lm_eval_model
     from gdsd_lightning.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setitem(lm_eval_model.HUB_DATA, "gsm8k_cot", ("gdsd-lightning-tests/never-cached", "main"))
-    hub.hub_reachable.cache_clear()
     make_tiny().save(tmp_path / "model")
     start = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "gdsd_llada_gsm8k", "extends=_base/cpu_smoke.yaml", "--ckpt", str(tmp_path / "model")])
     err = capsys.readouterr().err.strip()
-    hub.hub_reachable.cache_clear()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert "gsm8k_cot reads gdsd-lightning-tests/never-cached from the Hugging Face hub" in err
     assert "eval.lm_eval_tasks=[path/to/task.yaml]" in err
