@@ -1,6 +1,7 @@
 # Entry points. Every target builds .venv on first use (pinned dependencies, CPU torch when no GPU).
 #   make train [EXP=gdsd_tiny_sudoku] [ARGS="key=value ..."]
-#   make eval  [EXP=...] [CKPT=path] [DATA=path] [OUT=dir]
+#   make eval  [EXP=...] [CKPT=path] [DATA=path] [OUT=dir] [ARGS="eval.protocol=papers ..."]
+#   make report [RUNS="runs ..."] [OUT=results/report]
 #   make compare [TASK=sudoku] [SEEDS=3] [ARGS="key=value ..."]
 #   make bench [ARGS="--quick --device cuda --out dir"]
 #   make test
@@ -11,13 +12,14 @@ ARGS ?=
 CKPT ?=
 DATA ?=
 OUT  ?=
+RUNS ?= runs
 PY   := .venv/bin/python
 # On a CPU host `pip install torch==2.13.0` must resolve to the CPU build (a local wheel or the
 # CPU index); pass e.g. TORCH_PIP_ARGS="--index-url <cpu wheel index>" where neither is configured.
 TORCH_VERSION  ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: train eval compare bench test test-slow data clean-venv
+.PHONY: train eval report compare bench test test-slow data clean-venv
 
 .venv/.installed: pyproject.toml requirements.lock
 	python3 -m venv .venv
@@ -32,6 +34,9 @@ train: .venv/.installed
 
 eval: .venv/.installed
 	$(PY) -m gdsd_lightning eval $(EXP) $(if $(CKPT),--ckpt $(CKPT)) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+report: .venv/.installed
+	$(PY) -m gdsd_lightning report $(RUNS) $(if $(OUT),--out $(OUT))
 
 compare: .venv/.installed
 	$(PY) -m gdsd_lightning compare --task $(TASK) --seeds $(SEEDS) $(ARGS)

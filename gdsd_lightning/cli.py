@@ -55,12 +55,29 @@ def main(argv: list[str] | None = None) -> None:
                       "csv, wandb), checkpoints/, final/ and summary.json. Resume with resume=<.../last.ckpt>.\n"
                       "Example: python -m gdsd_lightning train gdsd_tiny_sudoku seed=1 trainer.logger=tensorboard,csv")
     p_train.add_argument("experiment", help=experiment_help)
-    p_eval = command("eval", "evaluate a trained model greedily: accuracy, generations.jsonl, summary.json",
-                     "EXPERIMENT [--ckpt P] [--data F] [--out D] [key=value ...]")
+    p_eval = command("eval", "evaluate a trained model at every generation length of its protocol: accuracy "
+                             "(pass@k when sampling), generations.jsonl, summary.json",
+                     "EXPERIMENT [--ckpt P] [--data F] [--out D] [--protocol P] [--checkpoint RULE] [key=value ...]",
+                     "eval.protocol=papers is the releases' (lengths, steps, prompts, subset, lm-eval for GSM8K / MATH /\n"
+                     "code), experiment the experiment's own; both files record it (docs/evaluation.md).\n"
+                     "Example: python -m gdsd_lightning eval gdsd_llada_sudoku --data 4x4_test_sudoku.csv eval.lengths=[256]")
     p_eval.add_argument("experiment", help=experiment_help)
-    p_eval.add_argument("--ckpt", help="saved model directory or Lightning .ckpt (default: the latest final model)")
-    p_eval.add_argument("--data", help="data file in the task's format (default: the test split)")
-    p_eval.add_argument("--out", help="output directory (default: beside the model, eval/<data>)")
+    p_eval.add_argument("--ckpt", help="saved model directory, Lightning .ckpt or run directory "
+                                       "(default: the experiment's latest run)")
+    p_eval.add_argument("--data", help="data file in the task's format (default: the test split; the papers' "
+                                       "sudoku / countdown need the published test file)")
+    p_eval.add_argument("--out", help="output directory (default: <run>/eval/<data>_<protocol>_<checkpoint rule>)")
+    p_eval.add_argument("--protocol", choices=["papers", "experiment"],
+                        help="papers: the releases' lengths, steps, prompts, subset and lm-eval tasks; experiment: "
+                             "the experiment's sampler and prompts (default: eval.protocol of the experiment)")
+    p_eval.add_argument("--checkpoint", choices=["final", "best_val", "best_test"],
+                        help="the final model, the best by val accuracy, or the best on the test data itself "
+                             "(the papers' 'best': optimistic) (default: eval.checkpoint)")
+    p_report = command("report", "the papers' table (methods x tasks, per length and best) over eval summaries: "
+                                 "markdown, CSV and a plot beside the published figures", "[SUMMARY|DIR ...] [--out D]")
+    p_report.add_argument("summaries", nargs="*", default=["runs"],
+                          help="summary.json files or directories searched for them (default: runs)")
+    p_report.add_argument("--out", default="results/report", help="output directory (default: results/report)")
     p_compare = command("compare", "train and evaluate every RL method x seed on one tiny task: table and plots",
                         "[--task T] [--seeds N] [--methods a,b] [--out D] [key=value ...]",
                         "Finished runs with the same resolved config are reused. Writes <out>/<task>/compare.{csv,md},\n"
@@ -101,10 +118,15 @@ def main(argv: list[str] | None = None) -> None:
             train_with_base(args.experiment, args.overrides)
         elif args.command == "eval":
             from gdsd_lightning.config import load_experiment
-            from gdsd_lightning.evaluate import evaluate
+            from gdsd_lightning.evaluate import evaluate, summary_line
 
-            summary = evaluate(load_experiment(args.experiment, args.overrides), args.ckpt, args.data, args.out)
-            print(" ".join(f"{k}={v}" for k, v in summary.items()))
+            chosen = [f"eval.{key}={value}" for key in ("protocol", "checkpoint") if (value := getattr(args, key))]
+            cfg = load_experiment(args.experiment, [*args.overrides, *chosen])
+            print(summary_line(evaluate(cfg, args.ckpt, args.data, args.out)))
+        elif args.command == "report":
+            from gdsd_lightning.report import report
+
+            print(report(args.summaries, args.out))
         elif args.command == "compare":
             from gdsd_lightning.compare import compare
 

@@ -123,7 +123,21 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 64
-    num_examples: Optional[int] = None     # None: the whole split
+    num_examples: Optional[int] = None     # None: the whole split (or subset); lm-eval: its `limit`
+    protocol: str = "experiment"           # experiment (the experiment's sampler and prompts) | papers (the
+                                           # releases': lengths, steps, prompts, subset, lm-eval; protocol.py)
+    lengths: Optional[list[int]] = None    # generation lengths, each reported (None: the protocol's)
+    steps: Optional[int] = None            # denoising steps at every length (None: the protocol's rule)
+    block_length: Optional[int] = None     # None: 32 (papers) or sampler.block_length (experiment)
+    subset: Optional[int] = None           # examples drawn at random from the data (None: papers 256, else all)
+    subset_seed: int = 42                  # the releases' numpy seed for that draw
+    prompts: str = "gdsd"                  # papers' sudoku / countdown prompts: gdsd (GDSD, ESPO) | d1 (d1, SPG, ...)
+    num_samples: int = 1                   # completions per prompt; > 1 (at sampler.temperature > 0): pass@k
+    pass_at: Optional[list[int]] = None    # the k of pass@k (None: 1, 2, 4, ... and num_samples)
+    checkpoint: str = "final"              # final | best_val | best_test (optimistic: picked on the test set)
+    lm_eval_tasks: Optional[list[str]] = None   # lm-eval task names or YAML files (None: the papers' tasks)
+    fewshot: Optional[int] = None          # lm-eval few-shot count (None: each task's own)
+    num_mc: int = 128                      # lm-eval loglikelihood requests: Monte-Carlo ELBO masks
 
 
 @dataclass

@@ -55,8 +55,10 @@ def test_sft_then_eval_on_a_data_file(tmp_path, capsys):
     out = tmp_path / "eval"
     main(["eval", "tiny_sudoku_sft", "--data", str(data), "--out", str(out), f"runs_dir={runs}"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 2 and 0.0 <= summary["accuracy"] <= 1.0 and "solve_rate" in summary
-    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert summary["n"] == 2 and 0.0 <= summary["accuracy"] <= 1.0 and "solve_rate" in summary["results"]["sudoku"]["16"]
+    assert summary["protocol"]["name"] == "experiment" and summary["protocol"]["lengths"] == [16]
+    header, *rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert header["protocol"] == summary["protocol"]
     assert len(rows) == 2 and rows[0]["example"]["Puzzle"] == "3102200002100320"
 
 

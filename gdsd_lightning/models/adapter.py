@@ -129,10 +129,13 @@ class DiffusionLM(nn.Module):
         return set(self.transformer._no_split_modules)
 
     # ---- text <-> ids -------------------------------------------------------------------
-    def encode_prompts(self, texts: list[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_prompts(self, texts: list[str], max_length: int | None = None,
+                       add_special_tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids and their attention mask (1 = real token); with `max_length`, each
-        prompt keeps only its last max_length tokens (the releases' left truncation)."""
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"][-max_length if max_length else None:]
+        prompt keeps only its last max_length tokens (the releases' left truncation).
+        `add_special_tokens`: also the tokenizer's own (e.g. a BOS), as the releases' evaluation code
+        encodes prompts."""
+        encoded = [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"][-max_length if max_length else None:]
                    for t in texts]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
