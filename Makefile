@@ -4,8 +4,10 @@
 #   make report [RUNS="runs ..."] [OUT=results/report]
 #   make compare [TASK=sudoku] [SEEDS=3] [ARGS="key=value ..."]
 #   make bench [ARGS="--quick --device cuda --out dir"]
+#   make smoke-real [RECIPE=gdsd_llada_math] [ARGS=...]   a real-model recipe on CPU, on a toy published-format checkpoint
 #   make test
 EXP  ?= gdsd_tiny_sudoku
+RECIPE ?= gdsd_llada_math
 TASK ?= sudoku
 SEEDS ?= 3
 ARGS ?=
@@ -43,6 +45,12 @@ compare: .venv/.installed
 
 bench: .venv/.installed
 	$(PY) -m gdsd_lightning bench $(ARGS)
+
+# The recipe's method, task, prompts, LoRA targets and gradient checkpointing on a toy random checkpoint
+# in LLaDA's or Dream's published format (written by the tests' own writer), shrunk by _base/cpu_smoke.yaml.
+smoke-real: .venv/.installed
+	checkpoint=$$($(PY) -m tests.published_checkpoints $(RECIPE) runs/toy_published) && \
+		$(PY) -m gdsd_lightning train $(RECIPE) extends=_base/cpu_smoke.yaml model.path=$$checkpoint $(ARGS)
 
 data: .venv/.installed
 	$(PY) -m gdsd_lightning make-data --out data

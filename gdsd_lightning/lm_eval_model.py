@@ -14,7 +14,8 @@ model_args (all optional except a model):
     lora=DIR            a peft adapter directory put on the base (the releases' checkpoints)
     experiment=NAME, ckpt=FILE      a Lightning checkpoint of one of this harness's experiments
     sampler=block|dream gen_length=256 steps=128 block_length=32 temperature=0 remasking=low_confidence
-    top_p=0.95 eps=0.001 fast_threshold= kv_cache=False kv_refresh_every=     (generation.sample)
+    top_p=0.95 eps=0.001 fast_threshold= kv_cache=False kv_refresh_every= gumbel_dtype=float64
+                                                                              (generation.sample)
     seed=1234 num_mc=128 mc_batch_size=32 check_greedy=False dtype=auto
     (the batch size and device are lm-eval's own --batch_size and --device)
 
@@ -92,6 +93,7 @@ class DiffusionHarnessLM(LM):
                  gen_length: int = 256, steps: int = 128, block_length: int = 32, temperature: float = 0.0,
                  remasking: str = "low_confidence", top_p: float = 0.95, eps: float = 1e-3,
                  fast_threshold: float | None = None, kv_cache: bool = False, kv_refresh_every: int | None = None,
+                 gumbel_dtype: str = "float64",
                  batch_size: int | str | None = 1, seed: int = 1234, num_mc: int = 128, mc_batch_size: int = 32,
                  check_greedy: bool = False, dtype: str = "auto", device: str | None = None,
                  policy: DiffusionLM | None = None, max_batch_size: int | None = None,
@@ -116,7 +118,8 @@ class DiffusionHarnessLM(LM):
             "remasking": remasking, "top_p": float(top_p), "eps": float(eps),
             "fast_threshold": None if fast_threshold in (None, "") else float(fast_threshold),
             "kv_cache": bool(kv_cache),
-            "kv_refresh_every": None if kv_refresh_every in (None, "") else int(kv_refresh_every)})
+            "kv_refresh_every": None if kv_refresh_every in (None, "") else int(kv_refresh_every),
+            "gumbel_dtype": gumbel_dtype})
         check_sampler(self.sampler)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1     # "auto": one prompt at a time
         self.seed, self.num_mc, self.mc_batch_size = int(seed), int(num_mc), int(mc_batch_size)
@@ -233,6 +236,8 @@ def check_sampler(settings) -> None:
                         f"number of blocks must divide steps ({settings.steps})")
     if not 1 <= settings.steps <= settings.gen_length:
         raise UserError(f"steps must be in 1..gen_length ({settings.gen_length}), got {settings.steps}")
+    if settings.gumbel_dtype not in ("float64", "model"):
+        raise UserError(f"gumbel_dtype must be float64 or model, got {settings.gumbel_dtype!r}")
 
 
 # ---- the papers' lm-eval tasks, run from `evaluate` ---------------------------------------
@@ -308,7 +313,8 @@ def run_tasks(policy: DiffusionLM, protocol: Protocol, length: int) -> tuple[dic
                                 block_length=sampler.block_length, temperature=sampler.temperature,
                                 remasking=sampler.remasking, top_p=sampler.top_p, eps=sampler.eps,
                                 fast_threshold=sampler.fast_threshold, kv_cache=sampler.kv_cache,
-                                kv_refresh_every=sampler.kv_refresh_every, batch_size=protocol.batch_size,
+                                kv_refresh_every=sampler.kv_refresh_every, gumbel_dtype=sampler.gumbel_dtype,
+                                batch_size=protocol.batch_size,
                                 seed=protocol.seed + draw, num_mc=protocol.num_mc, device=str(policy.device))
         out = simple_evaluate(model=lm, tasks=specs, num_fewshot=protocol.fewshot, limit=protocol.num_examples,
                               task_manager=manager, log_samples=True)

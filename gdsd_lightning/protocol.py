@@ -75,7 +75,7 @@ class Protocol:
     lengths: tuple[int, ...]
     steps: dict[int, int]                   # per generation length
     block_length: int | None                # None: the Dream sampler (whole sequence)
-    sampler: dict                           # kind, temperature, remasking, top_p, eps, fast mode
+    sampler: dict                           # the sampler section but its length, steps and block
     seed: int
     num_samples: int                        # completions per prompt
     pass_at: tuple[int, ...]                # k of the pass@k reported (num_samples > 1)
@@ -125,9 +125,9 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
         problems.append(f"eval.num_samples must be at least 1, got {e.num_samples}")
     elif e.num_samples > 1 and s.temperature <= 0:
         problems.append(f"eval.num_samples={e.num_samples} needs sampler.temperature > 0 (greedy samples are identical)")
-    sampler = {"kind": s.kind, "temperature": float(s.temperature), "remasking": s.remasking, "top_p": s.top_p,
-               "eps": s.eps, "fast_threshold": s.fast_threshold, "kv_cache": s.kv_cache,
-               "kv_refresh_every": s.kv_refresh_every}
+    # every sampler setting but the ones each generation length sets (sampler_at)
+    sampler = {key: value for key, value in OmegaConf.to_container(s).items()
+               if key not in ("gen_length", "steps", "block_length")} | {"temperature": float(s.temperature)}
     notes = []
     if e.protocol == "papers":
         if task not in PAPER_TASKS:

@@ -149,3 +149,18 @@ def write_dream(directory: Path, seed: int = 0, shards: int = 2, dtype: torch.dt
         (directory / f"{module}.py").write_text("# the authors' file would be here\n")
     (directory / "modeling_dream.py").write_text("from .generation_utils import DreamGenerationMixin  # the authors'\n")
     return tensors
+
+
+WRITERS = {"llada": write_llada, "dream": write_dream}
+
+if __name__ == "__main__":   # `make smoke-real`: python -m tests.published_checkpoints EXPERIMENT DIRECTORY
+    import sys
+
+    from gdsd_lightning.config import load_experiment
+
+    experiment, root = sys.argv[1:3]
+    family = load_experiment(experiment).model.family
+    if family not in WRITERS:
+        sys.exit(f"error: {experiment} is not a real-model recipe (model.family={family}); pick a *_llada_* or *_dream_* one")
+    WRITERS[family](Path(root) / family)
+    print(Path(root) / family)

@@ -25,7 +25,7 @@ import ast
 import operator
 import re
 
-from gdsd_lightning.tasks.base import REASONING_SYSTEM_PROMPT
+from gdsd_lightning.tasks.base import ANSWER_FORMAT
 
 PREFILL = "<reasoning>"
 PROMPT_FAMILIES = ("gdsd", "d1")
@@ -100,7 +100,7 @@ def countdown_user_turn(numbers: list[int], target: int, family: str) -> str:
     """The user turn of the releases' countdown evaluation prompt (numbers as a Python list)."""
     if family == "d1":
         return f"{COUNTDOWN_PROMPT_D1}\n\nNumbers: {numbers}\nTarget: {target}"
-    return (f"\n{REASONING_SYSTEM_PROMPT}\n\nUsing only the numbers {numbers}, create an arithmetic expression that "
+    return (f"{ANSWER_FORMAT}\nUsing only the numbers {numbers}, create an arithmetic expression that "
             f"evaluates to exactly {target}. You must use all numbers from the list, and each number must be used "
             "exactly once. You may use the operations +, -, *, and / as needed. After reasoning, provide only your "
             "final expression inside <answer></answer> tags without including an equals sign or the target number. "
