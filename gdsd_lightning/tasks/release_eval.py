@@ -26,19 +26,12 @@ import operator
 import re
 
 from gdsd_lightning.tasks.base import ANSWER_FORMAT
+from gdsd_lightning.tasks.sudoku import ANSWER_FORMAT as ANSWER_FORMAT_SUDOKU, D1_INSTRUCTIONS
 
 PREFILL = "<reasoning>"
 PROMPT_FAMILIES = ("gdsd", "d1")
 
 _SUDOKU_RULES = """Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading left-to-right, top-to-bottom, where '0' represents empty cells.
-"""
-_SUDOKU_ANSWER_FORMAT = """Respond in this exact format:
-<reasoning>
-Your step-by-step solving process
-</reasoning>
-<answer>
-[16-character solution string with no spaces or separators]
-</answer>
 """
 _SUDOKU_IMPORTANT = ("Your solution must be a COMPLETE 16-character string with only the digits 1-4, "
                      "representing your final solved grid.\n")
@@ -68,17 +61,10 @@ The solved grid looks like this:
 1 2 | 4 3
 4 3 | 1 2
 
-**Important:** """ + _SUDOKU_IMPORTANT + "\n" + _SUDOKU_ANSWER_FORMAT
+**Important:** """ + _SUDOKU_IMPORTANT + "\n" + ANSWER_FORMAT_SUDOKU
 
-# d1 eval/sudoku.py SUDOKU_SYSTEM_PROMPT: plain headings, rules without a full stop, no example
-SUDOKU_PROMPT_D1 = "\n" + _SUDOKU_RULES + """
-Rules:
-- Fill empty cells with digits 1-4
-- Each row must contain digits 1-4 exactly once
-- Each column must contain digits 1-4 exactly once
-- Each 2x2 box must contain digits 1-4 exactly once
-
-Important: """ + _SUDOKU_IMPORTANT + "\n" + _SUDOKU_ANSWER_FORMAT
+# d1 eval/sudoku.py SUDOKU_SYSTEM_PROMPT: the training prompt of d1 and d-OPSD, word for word
+SUDOKU_PROMPT_D1 = D1_INSTRUCTIONS
 
 # d1 eval/countdown.py CTD_SYSTEM_PROMPT (the answer format follows the example without a separator)
 COUNTDOWN_PROMPT_D1 = (

@@ -25,6 +25,15 @@ UNIQUE_PUZZLES = "https://raw.githubusercontent.com/dllm-reasoning/d1/main/datas
 
 # The user turns of the releases (GDSD: gdsd/data_utils.py:20-37 and :195; d1 and d-OPSD:
 # data_utils.py SUDOKU_SYSTEM_PROMPT and get_sudoku_questions).
+# The releases' sudoku answer format (the same in every release's prompts)
+ANSWER_FORMAT = """Respond in this exact format:
+<reasoning>
+Your step-by-step solving process
+</reasoning>
+<answer>
+[16-character solution string with no spaces or separators]
+</answer>
+"""
 GDSD_INSTRUCTIONS = """
 Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character
 string reading left-to-right, top-to-bottom, where '0' represents empty cells.
@@ -35,14 +44,7 @@ Rules:
 - Each column must contain digits 1-4 exactly once.
 - Each 2x2 box must contain digits 1-4 exactly once.
 
-Respond in this exact format:
-<reasoning>
-Your step-by-step solving process
-</reasoning>
-<answer>
-[16-character solution string with no spaces or separators]
-</answer>
-"""
+""" + ANSWER_FORMAT
 D1_INSTRUCTIONS = """
 Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading left-to-right, top-to-bottom, where '0' represents empty cells.
 
@@ -54,14 +56,7 @@ Rules:
 
 Important: Your solution must be a COMPLETE 16-character string with only the digits 1-4, representing your final solved grid.
 
-Respond in this exact format:
-<reasoning>
-Your step-by-step solving process
-</reasoning>
-<answer>
-[16-character solution string with no spaces or separators]
-</answer>
-"""
+""" + ANSWER_FORMAT
 # The answer patterns of the releases' evaluation (GDSD eval/parse_and_get_acc.py:167-173, as in
 # d1's), which d-OPSD's gate uses too (d-opsd/utils.py:340-382), tried in order.
 ANSWER_PATTERNS = [re.compile(p, re.S) for p in (
