@@ -15,7 +15,7 @@ from gdsd_lightning.train import train
 from tests.conftest import rl_overrides
 
 MAKE_TO_COMMAND = {"data": "make-data"}          # make targets whose CLI command has another name
-NOT_CLI = {"test"}                                # make targets that are not CLI commands (pytest)
+NOT_CLI = {"test", "smoke-real"}                  # make targets that are not CLI commands (pytest; train on a toy checkpoint)
 
 
 def help_text(capsys, *argv: str) -> str:
