@@ -106,10 +106,11 @@ def test_published_recipes_exist_and_load():
     cfg = load_experiment("gdsd_llada_math", [])
     assert (cfg.model.family, cfg.model.lora_r, cfg.trainer.strategy, cfg.method.psi, cfg.method.beta) == (
         "llada", 128, "fsdp", 10.0, 1e-4)
-    for qlora in ("diffu_grpo_llada_gsm8k", "wd1_llada_gsm8k", "spg_llada_gsm8k", "dopsd_llada_math"):
+    for qlora in ("diffu_grpo_llada_gsm8k", "wd1_llada_gsm8k", "spg_llada_sudoku", "dopsd_llada_math"):
         cfg = load_experiment(qlora, [])                  # the releases that loaded LLaDA in 4 bits
         assert (cfg.model.quantization, cfg.trainer.strategy) == ("nf4", "ddp")
-    assert load_experiment("espo_llada_math", []).model.quantization is None
+    for bf16 in ("espo_llada_math", "spg_llada_gsm8k"):   # the GDSD release's runs: bf16 weights
+        assert load_experiment(bf16, []).model.quantization is None
 
 
 def test_unreachable_weights_fail_fast_in_one_sentence(monkeypatch, capsys):
