@@ -100,3 +100,14 @@ def block_random_mask(valid: torch.Tensor, block_length: int, draws: int, prompt
     valid_d = valid.unsqueeze(1)
     t_hat = (mask & valid_d).sum(-1).float() / valid_d.sum(-1).clamp(min=1).float()
     return prompt_masked, mask, t_hat
+
+
+def antithetic_masks(replicates: int, rows: int, length: int, generator: torch.Generator,
+                     min_rate: float = 0.1) -> torch.Tensor:
+    """DMPO's masks, (replicates, rows, length) bool: for each of replicates / 2 pairs a rate
+    lambda = min_rate + (1 - min_rate) u per row, each position masked with probability lambda;
+    replicate k + replicates / 2 masks exactly the positions replicate k kept."""
+    device = generator.device
+    rate = min_rate + (1 - min_rate) * torch.rand(replicates // 2, rows, 1, generator=generator, device=device)
+    first = torch.rand(replicates // 2, rows, length, generator=generator, device=device) < rate
+    return torch.cat([first, ~first])
