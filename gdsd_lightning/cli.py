@@ -79,13 +79,18 @@ def main(argv: list[str] | None = None) -> None:
     p_report.add_argument("summaries", nargs="*", default=["runs"],
                           help="summary.json files or directories searched for them (default: runs)")
     p_report.add_argument("--out", default="results/report", help="output directory (default: results/report)")
-    p_compare = command("compare", "train and evaluate every RL method x seed on one tiny task: table and plots",
-                        "[--task T] [--seeds N] [--methods a,b] [--out D] [key=value ...]",
+    p_compare = command("compare", "every RL method on one tiny task: a one-seed lr sweep, seeds at the chosen lr, "
+                        "table and plots", "[--task T] [--seeds N] [--methods a,b] [--lrs x,y] [--mu shared|recipe] "
+                        "[--out D] [key=value ...]",
                         "Finished runs with the same resolved config are reused. Writes <out>/<task>/compare.{csv,md},\n"
-                        "runs.csv, curves.png, test_accuracy.png.")
+                        "sweep.csv, runs.csv, curves.png, test_accuracy.png, sweep.png.")
     p_compare.add_argument("--task", default="sudoku", help="sudoku or countdown (default: sudoku)")
     p_compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
     p_compare.add_argument("--methods", help="comma-separated subset (default: every method with an experiment)")
+    p_compare.add_argument("--lrs", help="comma-separated learning rates of each method's one-seed sweep "
+                                         "(default: compare.SWEEP_LRS)")
+    p_compare.add_argument("--mu", default="shared", choices=["shared", "recipe"],
+                           help="shared: mu = 1 for every method; recipe: each method's recipe mu at the chosen lr")
     p_compare.add_argument("--out", default="results", help="output directory (default: results)")
     p_bench = command("bench", "sampler throughput, loss-step time and memory; MFU with --device cuda",
                       "[--quick] [--device cpu|cuda] [--out D] [--peak-tflops F]")
@@ -132,7 +137,11 @@ def main(argv: list[str] | None = None) -> None:
             from gdsd_lightning.compare import compare
 
             methods = args.methods.split(",") if args.methods else None
-            compare(args.task, args.seeds, methods, args.out, args.overrides)
+            try:
+                lrs = [float(lr) for lr in args.lrs.split(",")] if args.lrs else None
+            except ValueError:
+                raise UserError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+            compare(args.task, args.seeds, methods, args.out, args.overrides, lrs, args.mu)
         elif args.command == "bench":
             from gdsd_lightning.bench import bench
 

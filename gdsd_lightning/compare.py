@@ -1,16 +1,26 @@
-"""`python -m gdsd_lightning compare`: every RL method x seeds on one tiny task, one table.
+"""`python -m gdsd_lightning compare`: every RL method on one tiny task, each at the learning rate
+its own one-seed sweep on val chose, then over seeds; one table and the plots.
 
-    for each method with an experiment <method>_tiny_<task>, for each seed:
-        load it with the shared optimiser schedule (_base/rl_tiny_schedule.yaml) merged over it
-        reuse a finished run with the same resolved config, or train one
-        evaluate its final model and its best-by-val checkpoint on the test split (greedy)
-    -> <out>/<task>/runs.csv      one row per (method, seed)
-       <out>/<task>/compare.csv   one row per method: test accuracy mean/std, reward AUC, time
-       <out>/<task>/compare.md    the same table, the settings and the plots
-       <out>/<task>/curves.png, test_accuracy.png
+    for each method with an experiment <method>_tiny_<task> (the shared schedule merged over it):
+        sweep: seed 0 at every lr of --lrs
+        choose the lr whose run ends with the best val <headline> (mean of its last two
+            evaluations) among the sweep runs that did not collapse (ties: the smaller lr)
+        seeds 1 .. N-1 at the chosen lr (seed 0 is the sweep's run)
+    every run: reuse a finished run with the same resolved config, or train one; evaluate its
+    final model and its best-by-val checkpoint on the test split (greedy)
+    -> <out>/<task>/sweep.csv    one row per (method, lr): the val figures the choice used
+       <out>/<task>/runs.csv     one row per (method, seed) at the chosen lr
+       <out>/<task>/compare.csv  one row per method: test accuracy and <headline> mean/std, the
+                                 base's, rollouts to the target, collapses, entropy, time
+       <out>/<task>/compare.md   the tables, the settings, the choice and why, the plots
+       <out>/<task>/curves.png, test_accuracy.png, sweep.png
 
-reward_auc is the area under the rollout-reward curve divided by its length (the mean training
-reward over all rollouts): it rewards learning early as well as learning much.
+The headline metric is the task's full-solve rate where it has one (sudoku: `solve_rate`), else
+its accuracy (countdown). A run has *collapsed* when its final val headline is below
+COLLAPSE_FRACTION of its start (the base's). The *target* is the base's val headline plus
+TARGET_GAIN; `rollouts_to_target` is the first evaluation at or above it. `--mu recipe` runs every
+method with its recipe's mu (the `num_iterations` default of its Config) at the lr the mu = 1
+comparison chose, on the same rollout budget, into <out>/<task>_recipe_mu/.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import csv
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,35 +40,62 @@ from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root
 
 METHOD_ORDER = ["gdsd", "gdsd_tlc", "diffu_grpo", "wd1", "spg", "espo", "dmpo", "dopsd"]
 NOT_COMPARED = ("run_name", "resume")      # keys that name a run rather than define it
-# Merged over every compared experiment: the same optimiser, schedule and steps for all methods, whatever an
-# experiment sets for its own runs (gdsd_tiny_sudoku, `make train`'s demo, trains longer at a larger lr).
+# Merged over every compared experiment: the same optimiser, schedule and rollouts for all methods, whatever an
+# experiment sets for its own runs (gdsd_tiny_sudoku, `make train`'s demo, has its own lr).
 SHARED_SCHEDULE = "extends=_base/rl_tiny_schedule.yaml"
+SWEEP_LRS = (1e-4, 3e-4, 1e-3)            # the default --lrs: every method's one-seed sweep
+COLLAPSE_FRACTION = 0.5                    # collapsed: final val headline < this x its start
+TARGET_GAIN = 0.10                         # rollouts_to_target: first val headline >= start + this
 SMOOTHING = 25                             # rollouts in the moving average of the reward plot
-NOTES = """Columns: test accuracy (greedy) of the final model and of the best-by-val checkpoint, mean and
-std over seeds; `reward_auc` = mean rollout reward over training; `best_step_mean` = optimiser step
-of the best val accuracy (0: the base itself was best); `wall_time_s` = training time per run.
-d-OPSD's rollout reward is that of the kept attempt (best of `passk`), so its reward curve and
-`reward_auc` are not comparable with the others'; it gets the same 300 rollout batches, and those
-its gate rejects still step on a zero loss (as in the release), so it takes the same `steps`.
-`steps` = optimiser steps reached (mean over seeds); `stopped_early` = seeds a guard stopped before
-max_steps (listed below the table).
+NOTES = """Columns: `final_*` = test metrics (greedy) of the final model, `best_*` = of the best-by-val checkpoint,
+mean and std over seeds; `base_*` = the SFT base on the same test split; `rollouts_to_target` = rollouts until the val
+{headline} first reached the base's val {headline} + {gain} (mean over the `reached_target` seeds that did);
+`collapsed` = seeds whose final val {headline} fell below {collapse} x its start; `entropy_start` / `entropy_end` =
+mean per-token entropy of the rollouts over the first / last {smooth}; `reward_auc` = mean rollout reward over
+training; `best_step_mean` = optimiser step of the best val accuracy (0: the base itself was best);
+`wall_time_s` = training time per run; `steps` = optimiser steps reached (mean over seeds); `stopped_early` = seeds a
+guard stopped before the end (listed below the table). d-OPSD's rollout reward is that of the kept attempt (best of
+`passk`), so its reward curve and `reward_auc` are not comparable with the others'; it gets the same rollout batches,
+and those its gate rejects still step on a zero loss (as in the release), so it takes the same `steps`.
 """
 
 
 @dataclass
 class RunResult:
     method: str
+    lr: float
     seed: int
     run_dir: Path
     steps: int
+    rollouts: int
     wall_time_s: float
-    final_accuracy: float
-    best_accuracy: float
-    reward_auc: float
+    final: dict[str, float]                # test metrics of the final model
+    best: dict[str, float]                 # test metrics of the best-by-val checkpoint
     best_step: int                         # optimiser step of the best val accuracy
-    val_curve: list[tuple[int, float]]
-    reward_curve: list[tuple[int, float]]
+    val_curve: list[dict]                  # per evaluation: step, rollouts, seconds and the val metrics
+    rollout_curves: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
+    # tag -> (rollouts, seconds since training began, value) per rollout: reward_mean, entropy
     stopped: str | None = None             # why a guard ended the run before max_steps
+
+    def val(self, metric: str) -> list[float]:
+        return [point[metric] for point in self.val_curve]
+
+    def val_end(self, metric: str) -> float:
+        """Mean of the last two evaluations (one when there is only one)."""
+        return statistics.fmean(self.val(metric)[-2:])
+
+    def collapsed(self, metric: str) -> bool:
+        values = self.val(metric)
+        return values[-1] < COLLAPSE_FRACTION * values[0]
+
+    def to_target(self, metric: str, target: float) -> dict | None:
+        """The first evaluation at or above `target`, or None."""
+        return next((point for point in self.val_curve if point[metric] >= target), None)
+
+    def rollout_mean(self, tag: str, first: bool) -> float:
+        values = [v for _, _, v in self.rollout_curves.get(tag, [])]
+        chunk = values[:SMOOTHING] if first else values[-SMOOTHING:]
+        return statistics.fmean(chunk) if chunk else float("nan")
 
 
 def experiments_for(task: str, methods: list[str] | None) -> dict[str, str]:
@@ -73,6 +110,13 @@ def experiments_for(task: str, methods: list[str] | None) -> dict[str, str]:
             raise UserError(f"no tiny {task} experiment for {', '.join(missing)}; available: {', '.join(available)}")
         available = {m: available[m] for m in methods}
     return available
+
+
+def headline_metric(task: str) -> str:
+    """The task's full-solve rate where it reports one, else its accuracy."""
+    from gdsd_lightning.tasks import get_task
+
+    return "solve_rate" if "solve_rate" in get_task(task).metric_names else "accuracy"
 
 
 def defining(cfg: DictConfig) -> dict:
@@ -104,88 +148,118 @@ def finished_run(cfg: DictConfig) -> Path | None:
     return None
 
 
-def test_accuracy(cfg: DictConfig, ckpt: Path, out_dir: Path) -> float:
-    """Greedy test accuracy of `ckpt`, read back from out_dir/summary.json when already computed."""
+def test_metrics(cfg: DictConfig, ckpt: Path, out_dir: Path) -> dict[str, float]:
+    """Greedy test metrics of `ckpt` (accuracy, reward, the task's extras), read back from
+    out_dir/summary.json when already computed."""
     from gdsd_lightning.evaluate import evaluate
+    from gdsd_lightning.tasks import get_task
 
     summary = out_dir / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("checkpoint") == str(ckpt):
-        return json.loads(summary.read_text())["accuracy"]
-    return evaluate(cfg, str(ckpt), None, str(out_dir))["accuracy"]
+        computed = json.loads(summary.read_text())
+    else:
+        computed = evaluate(cfg, str(ckpt), None, str(out_dir))
+    return {key: computed[key] for key in get_task(cfg.task.name).metric_names}
 
 
-def reward_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, mean rollout reward) pairs from the run's TensorBoard events."""
+def rollout_curves(run_dir: Path, fit_started: float) -> dict[str, list[tuple[int, float, float]]]:
+    """Per rollout statistic: (rollouts so far, seconds since training began, value) from the run's
+    TensorBoard events (one event per rollout batch)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
-    if "rollout/reward_mean" not in events.Tags()["scalars"]:
-        return []
-    return [(e.step, e.value) for e in events.Scalars("rollout/reward_mean")]
+    tags = events.Tags()["scalars"]
+    return {tag: [(i + 1, e.wall_time - fit_started, e.value) for i, e in enumerate(events.Scalars(f"rollout/{tag}"))]
+            for tag in ("reward_mean", "entropy") if f"rollout/{tag}" in tags}
 
 
-def run_one(method: str, experiment: str, seed: int, overrides: list[str]) -> RunResult:
+def run_one(method: str, experiment: str, lr: float, seed: int, overrides: list[str]) -> RunResult:
     """Train or reuse one run and test it. "Best" is the best-by-val model: the base itself when
     no evaluation during training beat step 0, else checkpoints/best.ckpt."""
     from gdsd_lightning.train import train_with_base
 
-    cfg = load_experiment(experiment, [*overrides, f"seed={seed}"])
+    run_overrides = [*overrides, f"optim.lr={lr}", f"seed={seed}"]
+    cfg = load_experiment(experiment, run_overrides)
     run_dir = finished_run(cfg)
     if run_dir is None:
-        print(f"[compare] training {experiment} seed {seed}", flush=True)
+        print(f"[compare] training {experiment} lr {lr:g} seed {seed}", flush=True)
         try:
-            run_dir = train_with_base(experiment, [*overrides, f"seed={seed}", f"run_name=seed{seed}"])
+            run_dir = train_with_base(experiment, [*run_overrides, f"run_name=lr{lr:g}_seed{seed}"])
         except TrainingStopped as stopped:
-            print(f"[compare] {experiment} seed {seed} stopped early: {stopped}", flush=True)
+            print(f"[compare] {experiment} lr {lr:g} seed {seed} stopped early: {stopped}", flush=True)
             run_dir = finished_run(cfg)
     else:
         print(f"[compare] reusing {run_dir}", flush=True)
     summary = json.loads((run_dir / "summary.json").read_text())
-    rewards = reward_curve(run_dir)
     best_ckpt = run_dir / "checkpoints" / "best.ckpt"
-    final_acc = test_accuracy(cfg, run_dir / FINAL_MODEL, run_dir / "test" / "final")
-    base = base_accuracy(experiment, overrides) if summary["best_step"] == 0 else None
-    if base is not None:
-        best_acc = base
-    else:
-        best_acc = test_accuracy(cfg, best_ckpt, run_dir / "test" / "best") if best_ckpt.is_file() else final_acc
-    return RunResult(method, seed, run_dir, summary["steps"], summary["wall_time_s"], final_acc, best_acc,
-                     statistics.fmean(r for _, r in rewards) if rewards else float("nan"), summary["best_step"],
-                     [tuple(p) for p in summary["val_accuracy"]], rewards, summary.get("stopped"))
+    final = test_metrics(cfg, run_dir / FINAL_MODEL, run_dir / "test" / "final")
+    best = base_metrics(experiment, overrides) if summary["best_step"] == 0 else None
+    if best is None:
+        best = test_metrics(cfg, best_ckpt, run_dir / "test" / "best") if best_ckpt.is_file() else final
+    return RunResult(method, lr, seed, run_dir, summary["steps"], summary["rollouts"], summary["wall_time_s"],
+                     final, best, summary["best_step"], summary["val_curve"],
+                     rollout_curves(run_dir, summary["fit_started"]), summary.get("stopped"))
 
 
-def base_accuracy(experiment: str, overrides: list[str]) -> float | None:
-    """Test accuracy of the SFT base every method starts from (None when there is no base)."""
+def base_metrics(experiment: str, overrides: list[str]) -> dict[str, float] | None:
+    """Test metrics of the SFT base every method starts from (None when there is no base)."""
     cfg = load_experiment(experiment, overrides)
     base = cfg.model.init_from
     if base is None:
         return None
     base_cfg = load_experiment(base, [o for o in overrides if o.split("=")[0] in ("runs_dir", "task.data_dir")])
     final = latest_final_model(base_cfg.runs_dir, base)
-    return test_accuracy(base_cfg, final, final.parent / "test" / "final") if final else None
+    return test_metrics(base_cfg, final, final.parent / "test" / "final") if final else None
+
+
+def choose_lr(sweep: list[RunResult], metric: str) -> tuple[RunResult, str]:
+    """The sweep run with the best val `metric` at the end among those that did not collapse
+    (among all of them if every one collapsed; ties: the smaller lr), and why."""
+    standing = [r for r in sweep if not r.collapsed(metric)]
+    chosen = max(sorted(standing or sweep, key=lambda r: r.lr), key=lambda r: round(r.val_end(metric), 4))
+    why = f"best val {metric} at the end, {chosen.val_end(metric):.3f}"
+    collapsed = [f"{r.lr:g}" for r in sweep if r not in standing]
+    if collapsed:
+        why += f"; collapsed in the sweep: lr {', '.join(collapsed)}" + ("" if standing else " (every lr)")
+    return chosen, why
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(results: list[RunResult]) -> list[dict]:
+def summarise(results: list[RunResult], metric: str, base: dict | None, base_val: float) -> list[dict]:
     rows = []
+    target = base_val + TARGET_GAIN
     for method in dict.fromkeys(r.method for r in results):
         runs = [r for r in results if r.method == method]
-        final_mean, final_std = mean_std([r.final_accuracy for r in runs])
-        best_mean, best_std = mean_std([r.best_accuracy for r in runs])
-        rows.append({
-            "method": method, "seeds": len(runs),
-            "final_accuracy_mean": round(final_mean, 4), "final_accuracy_std": round(final_std, 4),
-            "best_accuracy_mean": round(best_mean, 4), "best_accuracy_std": round(best_std, 4),
-            "reward_auc": round(statistics.fmean(r.reward_auc for r in runs), 4),
+        row = {"method": method, "lr": runs[0].lr, "seeds": len(runs)}
+        for which in ("final", "best"):
+            for key in dict.fromkeys(("accuracy", metric)):
+                mean, std = mean_std([getattr(r, which)[key] for r in runs])
+                row[f"{which}_{key}_mean"], row[f"{which}_{key}_std"] = round(mean, 4), round(std, 4)
+        if metric == "accuracy":   # the machine-readable solve-rate columns exist for every task
+            row["final_solve_rate_mean"], row["final_solve_rate_std"] = row["final_accuracy_mean"], row["final_accuracy_std"]
+        row["base_accuracy"] = base["accuracy"] if base else None
+        row["base_solve_rate"] = base[metric] if base else None
+        reached = [hit for hit in (r.to_target(metric, target) for r in runs) if hit is not None]
+        row.update({
+            "rollouts_to_target": round(statistics.fmean(h["rollouts"] for h in reached)) if reached else None,
+            "steps_to_target": round(statistics.fmean(h["step"] for h in reached)) if reached else None,
+            "seconds_to_target": round(statistics.fmean(h["seconds"] for h in reached), 1) if reached else None,
+            "reached_target": len(reached),
+            "collapsed": sum(r.collapsed(metric) for r in runs),
+            "entropy_start": round(statistics.fmean(r.rollout_mean("entropy", True) for r in runs), 3),
+            "entropy_end": round(statistics.fmean(r.rollout_mean("entropy", False) for r in runs), 3),
+            "reward_auc": round(statistics.fmean(statistics.fmean(v for _, _, v in r.rollout_curves["reward_mean"])
+                                                 for r in runs), 4),
             "best_step_mean": round(statistics.fmean(r.best_step for r in runs), 1),
             "steps": round(statistics.fmean(r.steps for r in runs)),
             "stopped_early": sum(r.stopped is not None for r in runs),
             "wall_time_s": round(statistics.fmean(r.wall_time_s for r in runs), 1),
         })
+        rows.append(row)
     return rows
 
 
@@ -196,60 +270,90 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def band(curves: list[list[tuple[int, float]]], smooth: int = 1):
-    """Steps, mean and std over seeds of (step, value) curves, each interpolated onto the union of
-    their steps within the range they share (moving average of `smooth` points)."""
+def band(curves: list[list[tuple[float, float]]], smooth: int = 1):
+    """x, mean and std over seeds of (x, value) curves, each interpolated onto the union of their
+    x within the range they share (moving average of `smooth` points)."""
     import numpy as np
 
     low, high = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
-    steps = sorted({s for c in curves for s, _ in c if low <= s <= high})
-    values = np.array([np.interp(steps, [s for s, _ in c], [v for _, v in c]) for c in curves])
+    xs = sorted({x for c in curves for x, _ in c if low <= x <= high})
+    values = np.array([np.interp(xs, [x for x, _ in c], [v for _, v in c]) for c in curves])
     if smooth > 1 and values.shape[1] >= smooth:
         kernel = np.ones(smooth) / smooth
         values = np.array([np.convolve(v, kernel, mode="valid") for v in values])
-        steps = steps[smooth - 1:]
-    return np.array(steps), values.mean(0), values.std(0)
+        xs = xs[smooth - 1:]
+    return np.array(xs), values.mean(0), values.std(0)
 
 
-def plot(results: list[RunResult], rows: list[dict], base: float | None, task: str, out_dir: Path) -> None:
+def plot(results: list[RunResult], rows: list[dict], sweep: list[RunResult], metric: str, base: dict | None,
+         task: str, out_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = [row["method"] for row in rows]
-    fig, (ax_reward, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method in methods:
-        runs = [r for r in results if r.method == method]
-        for ax, curves, smooth in ((ax_reward, [r.reward_curve for r in runs], SMOOTHING),
-                                   (ax_val, [r.val_curve for r in runs], 1)):
-            if all(curves):
-                steps, mean, std = band(curves, smooth)
-                (line,) = ax.plot(steps, mean, label=method)
-                ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    ax_reward.set(title=f"{task}: rollout reward ({SMOOTHING}-rollout mean; band = std over seeds)",
-                  xlabel="rollout", ylabel="mean reward")
-    ax_val.set(title=f"{task}: val accuracy (greedy)", xlabel="optimiser step", ylabel="accuracy")
-    ax_val.legend()
+    colours = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}
+    fig, axes = plt.subplots(3, 2, figsize=(12, 12))
+    def rollout_xy(tag: str):
+        return lambda r, column: [(x if column == 0 else s, v) for x, s, v in r.rollout_curves.get(tag, [])]
+
+    def val_xy(r: RunResult, column: int):
+        return [(p["rollouts"] if column == 0 else p["seconds"], p[metric]) for p in r.val_curve]
+
+    panels = [(0, rollout_xy("reward_mean"), SMOOTHING, f"rollout reward ({SMOOTHING}-rollout mean)"),
+              (1, val_xy, 1, f"val {metric} (greedy)"),
+              (2, rollout_xy("entropy"), SMOOTHING, f"rollout entropy, nats per token ({SMOOTHING}-rollout mean)")]
+    for row_index, curve_of, smooth, label in panels:
+        for column, xlabel in enumerate(("rollouts", "seconds of training")):
+            ax = axes[row_index, column]
+            for method in methods:
+                curves = [curve_of(r, column) for r in results if r.method == method]
+                if all(curves):
+                    xs, mean, std = band(curves, smooth)
+                    ax.plot(xs, mean, label=method, color=colours[method])
+                    ax.fill_between(xs, mean - std, mean + std, alpha=0.15, color=colours[method])
+            ax.set(xlabel=xlabel, ylabel=label)
+    axes[0, 0].set_title(f"{task}: against rollouts (band: std over seeds)")
+    axes[0, 1].set_title(f"{task}: against wall-clock seconds")
+    axes[1, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "curves.png", dpi=120)
+    fig.savefig(out_dir / "curves.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    keys = list(dict.fromkeys((metric, "accuracy")))
+    fig, axes = plt.subplots(1, len(keys), figsize=(7 * len(keys), 4), squeeze=False)
     x = range(len(methods))
-    ax.bar([i - 0.2 for i in x], [r["final_accuracy_mean"] for r in rows], 0.4,
-           yerr=[r["final_accuracy_std"] for r in rows], capsize=3, label="final model")
-    ax.bar([i + 0.2 for i in x], [r["best_accuracy_mean"] for r in rows], 0.4,
-           yerr=[r["best_accuracy_std"] for r in rows], capsize=3, label="best-by-val checkpoint")
-    if base is not None:
-        ax.axhline(base, color="black", linestyle="--", linewidth=1, label=f"SFT base ({base:.3f})")
-    ax.set_xticks(list(x), methods)
-    ax.set(title=f"{task}: test accuracy (mean and std over seeds)", ylabel="accuracy")
-    lows = [r["final_accuracy_mean"] - r["final_accuracy_std"] for r in rows] + ([base] if base is not None else [])
-    ax.set_ylim(max(0.0, min(lows) - 0.05), None)
-    ax.legend(loc="lower right")
+    for ax, key in zip(axes[0], keys):
+        ax.bar([i - 0.2 for i in x], [r[f"final_{key}_mean"] for r in rows], 0.4,
+               yerr=[r[f"final_{key}_std"] for r in rows], capsize=3, label="final model",
+               color=[colours[m] for m in methods])
+        ax.bar([i + 0.2 for i in x], [r[f"best_{key}_mean"] for r in rows], 0.4,
+               yerr=[r[f"best_{key}_std"] for r in rows], capsize=3, label="best-by-val checkpoint",
+               color=[colours[m] for m in methods], alpha=0.45)
+        if base is not None:
+            ax.axhline(base[key], color="black", linestyle="--", linewidth=1, label=f"SFT base ({base[key]:.3f})")
+        ax.set_xticks(list(x), methods, rotation=30)
+        ax.set(title=f"{task}: test {key} (mean and std over seeds)", ylabel=key, ylim=(0, 1))
+        ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "test_accuracy.png", dpi=120)
+    fig.savefig(out_dir / "test_accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method in methods:
+        runs = sorted((r for r in sweep if r.method == method), key=lambda r: r.lr)
+        ax.plot([r.lr for r in runs], [r.val_end(metric) for r in runs], marker="o", label=method, color=colours[method])
+        ax.scatter([r.lr for r in runs if r.collapsed(metric)], [r.val_end(metric) for r in runs if r.collapsed(metric)],
+                   marker="x", s=80, color="black")
+    if sweep:
+        ax.axhline(statistics.fmean(r.val(metric)[0] for r in sweep), color="black", linestyle="--", linewidth=1,
+                   label="base (val)")
+    ax.set(xscale="log", xlabel="learning rate", ylabel=f"val {metric} at the end (seed 0)",
+           title=f"{task}: learning-rate sweep (x: collapsed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "sweep.png", dpi=110)
     plt.close(fig)
 
 
@@ -258,43 +362,108 @@ def stopped_notes(results: list[RunResult]) -> str:
     return "\nRuns stopped early by a guard (their model at that point is evaluated):\n" + "\n".join(stopped) + "\n" if stopped else ""
 
 
-def markdown_table(rows: list[dict]) -> str:
-    header = "| " + " | ".join(rows[0]) + " |"
-    rule = "|" + "---|" * len(rows[0])
-    return "\n".join([header, rule] + ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows])
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    columns = columns or list(rows[0])
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "---|" * len(columns)
+    return "\n".join([header, rule] + ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows])
+
+
+def recipe_mu_overrides(experiment: str, overrides: list[str]) -> list[str]:
+    """The experiment's recipe mu, with the step-counted settings scaled so that the rollout
+    budget and the evaluation points (in rollouts) stay those of the mu = 1 comparison."""
+    from gdsd_lightning.objectives import OBJECTIVES
+
+    cfg = load_experiment(experiment, overrides)
+    mu = OBJECTIVES[cfg.method.name].Config.num_iterations
+    t = cfg.trainer
+    return [f"method.num_iterations={mu}", f"trainer.max_steps={t.max_steps * mu}",
+            f"trainer.val_every_n_steps={t.val_every_n_steps * mu}",
+            f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps * mu}",
+            f"trainer.max_rollouts={t.max_rollouts or t.max_steps}"]
+
+
+def chosen_lrs(out_dir: Path) -> dict[str, float]:
+    """method -> lr chosen by an earlier mu = 1 comparison (its sweep.csv)."""
+    sweep_file = out_dir / "sweep.csv"
+    if not sweep_file.is_file():
+        raise UserError(f"--mu recipe reuses the learning rates the mu = 1 comparison chose, but {sweep_file} does not "
+                        "exist; run the comparison without --mu first (same --out)")
+    return {row["method"]: float(row["lr"]) for row in csv.DictReader(open(sweep_file)) if row["chosen"] == "True"}
 
 
 def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = "results",
-            overrides: list[str] | None = None) -> Path:
-    """Train (or reuse) and evaluate every method x seed; write the table and plots; returns the output dir."""
+            overrides: list[str] | None = None, lrs: list[float] | None = None, mu: str = "shared") -> Path:
+    """Sweep, choose, train (or reuse) and evaluate every method x seed; write the tables and
+    plots; returns the output dir."""
     user_overrides = list(overrides or [])
-    command = " ".join(["python -m gdsd_lightning compare", f"--task {task} --seeds {seeds}", *user_overrides])
-    overrides = [SHARED_SCHEDULE, *user_overrides]
+    lrs = sorted(lrs or SWEEP_LRS)
+    command = " ".join(["python -m gdsd_lightning compare", f"--task {task} --seeds {seeds}",
+                        f"--lrs {','.join(f'{lr:g}' for lr in lrs)}", *([f"--mu {mu}"] if mu != "shared" else []),
+                        *user_overrides])
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if mu not in ("shared", "recipe"):
+        raise UserError(f"--mu must be 'shared' (mu = 1 for every method) or 'recipe', got {mu!r}")
+    overrides = [SHARED_SCHEDULE, *user_overrides]
     experiments = experiments_for(task, methods)
+    metric = headline_metric(task)
     started = time.time()
-    results = [run_one(m, e, s, overrides) for m, e in experiments.items() for s in range(seeds)]
-    base = base_accuracy(next(iter(experiments.values())), overrides)
-    rows = summarise(results)
-    out_dir = Path(out) / task
+    sweep, results, reasons = [], [], {}
+    if mu == "recipe":
+        picked = chosen_lrs(Path(out) / task)
+        for method, experiment in experiments.items():
+            if method not in picked:
+                raise UserError(f"the mu = 1 comparison in {Path(out) / task} has no chosen lr for {method}")
+            extra = recipe_mu_overrides(experiment, overrides)
+            results += [run_one(method, experiment, picked[method], s, [*overrides, *extra]) for s in range(seeds)]
+            reasons[method] = f"the lr the mu = 1 sweep chose; {extra[0]}"
+        out_dir = Path(out) / f"{task}_recipe_mu"
+    else:
+        for method, experiment in experiments.items():
+            tried = [run_one(method, experiment, lr, 0, overrides) for lr in lrs]
+            chosen, reasons[method] = choose_lr(tried, metric)
+            sweep += tried
+            results += [chosen] + [run_one(method, experiment, chosen.lr, s, overrides) for s in range(1, seeds)]
+        out_dir = Path(out) / task
+    base = base_metrics(next(iter(experiments.values())), overrides)
+    base_val = statistics.fmean(r.val(metric)[0] for r in results)
+    rows = summarise(results, metric, base, base_val)
     out_dir.mkdir(parents=True, exist_ok=True)
+    chosen_lr = {row["method"]: row["lr"] for row in rows}
+    if sweep:
+        write_csv(out_dir / "sweep.csv", [{
+            "method": r.method, "lr": r.lr, "val_start": round(r.val(metric)[0], 4),
+            f"val_{metric}_end": round(r.val_end(metric), 4), "val_accuracy_end": round(r.val_end("accuracy"), 4),
+            "collapsed": r.collapsed(metric), "chosen": r.lr == chosen_lr[r.method], "run_dir": str(r.run_dir)}
+            for r in sweep])
     write_csv(out_dir / "runs.csv", [{
-        "method": r.method, "seed": r.seed, "run_dir": str(r.run_dir), "steps": r.steps,
-        "wall_time_s": r.wall_time_s, "final_accuracy": r.final_accuracy, "best_accuracy": r.best_accuracy,
-        "reward_auc": round(r.reward_auc, 4), "best_step": r.best_step,
-        "val_accuracy_start": r.val_curve[0][1] if r.val_curve else None, "stopped": r.stopped or ""}
-        for r in results])
+        "method": r.method, "lr": r.lr, "seed": r.seed, "run_dir": str(r.run_dir), "steps": r.steps,
+        "rollouts": r.rollouts, "wall_time_s": r.wall_time_s,
+        **{f"final_{k}": v for k, v in r.final.items()}, **{f"best_{k}": v for k, v in r.best.items()},
+        "best_step": r.best_step, f"val_{metric}_start": r.val(metric)[0], f"val_{metric}_end": round(r.val_end(metric), 4),
+        "collapsed": r.collapsed(metric), "stopped": r.stopped or ""} for r in results])
     write_csv(out_dir / "compare.csv", rows)
-    plot(results, rows, base, task, out_dir)
+    plot(results, rows, sweep, metric, base, task, out_dir)
     cfg = load_experiment(next(iter(experiments.values())), overrides)
-    settings = (f"{seeds} seed(s) per method; {cfg.trainer.max_steps} optimiser steps of "
-                f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} completions; "
-                f"test split greedy; SFT base test accuracy {base if base is not None else 'n/a'}")
+    settings = (f"{seeds} seed(s) per method; {cfg.trainer.max_rollouts or cfg.trainer.max_steps} rollouts of "
+                f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} completions at T = {cfg.rollout.temperature} "
+                f"({cfg.optim.scheduler} lr after {cfg.optim.warmup_steps} warm-up steps); test split greedy; "
+                f"headline metric `{metric}`; SFT base test {', '.join(f'{k} {v}' for k, v in (base or {}).items())}; "
+                f"target for `rollouts_to_target`: val {metric} {base_val:.3f} + {TARGET_GAIN}")
+    glance = ["method", "lr", f"final_{metric}_mean", f"final_{metric}_std", "final_accuracy_mean", "final_accuracy_std",
+              "base_solve_rate", "rollouts_to_target", "reached_target", "collapsed", "entropy_end", "wall_time_s"]
+    choice = "\n".join(f"- {m}: lr {chosen_lr[m]:g} ({reasons[m]})" for m in chosen_lr)
+    sweep_md = ("\n\nThe sweep (seed 0; val figures; run directories in `sweep.csv`):\n\n"
+                + markdown_table([{"method": r.method, "lr": f"{r.lr:g}", f"val {metric} at the end": round(r.val_end(metric), 3),
+                                   "val accuracy at the end": round(r.val_end("accuracy"), 3), "collapsed": r.collapsed(metric)}
+                                  for r in sweep]) + "\n\n![sweep](sweep.png)") if sweep else ""
     (out_dir / "compare.md").write_text(
-        f"# {task}: method comparison\n\n{settings}.\n\nReproduce: `{command}` "
-        f"(this one took {time.time() - started:.0f} s including reused runs).\n\n{markdown_table(rows)}\n\n"
-        f"{NOTES}{stopped_notes(results)}\n![curves](curves.png)\n\n![test accuracy](test_accuracy.png)\n")
-    print(f"[compare] wrote {out_dir}/compare.csv, compare.md, curves.png, test_accuracy.png", flush=True)
-    print(markdown_table(rows), flush=True)
+        f"# {task}: method comparison{' (recipe mu)' if mu == 'recipe' else ''}\n\n{settings}.\n\nReproduce: `{command}` "
+        f"(this one took {time.time() - started:.0f} s including reused runs).\n\n{markdown_table(rows, glance)}\n\n"
+        f"All columns: `compare.csv`; per run: `runs.csv`.\n\nChosen learning rates:\n{choice}\n{sweep_md}\n\n"
+        + NOTES.format(headline=metric, gain=TARGET_GAIN, collapse=COLLAPSE_FRACTION, smooth=SMOOTHING)
+        + f"{stopped_notes(results)}\n![curves](curves.png)\n\n![test accuracy](test_accuracy.png)\n")
+    print(f"[compare] wrote {out_dir}/compare.csv, compare.md, runs.csv, curves.png, test_accuracy.png", flush=True)
+    print(markdown_table(rows, glance), flush=True)
     return out_dir

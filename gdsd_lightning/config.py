@@ -31,6 +31,7 @@ class TaskConfig:
     name: str = "sudoku"
     data_dir: Optional[str] = "data"       # generated splits: <data_dir>/<task>/{train,val,test}.*; null: the
                                            # task's published data set (the hub, or a release's file)
+    train_split: str = "train"             # the generated split training reads: train, or sft (demonstrations)
     train_path: Optional[str] = None       # overrides of the split files
     val_path: Optional[str] = None
     test_path: Optional[str] = None

@@ -20,16 +20,18 @@ from gdsd_lightning.tasks.splits import GENERATED_TASKS, split_path
 
 def load_split(task: Task, task_cfg: DictConfig, split: str) -> tuple[list[dict], str]:
     """The examples of `split` and a name for them. Sources, first match: the explicit
-    `<split>_path`; the generated `<data_dir>/<task>/<split>.*` when `data_dir` is set (a relative
-    data_dir is looked up in the working directory, then in the project root); the task's published
-    data set (`task.hub`: the hub, or a file of a release)."""
+    `<split>_path`; the generated `<data_dir>/<task>/<split>.*` when `data_dir` is set (for
+    "train": `task.train_split`; a relative data_dir is looked up in the working directory, then
+    in the project root); the task's published data set (`task.hub`: the hub, or a file of a
+    release)."""
     explicit = task_cfg.get(f"{split}_path")
     if explicit:
         return task.load(explicit), Path(explicit).stem
     if task_cfg.data_dir is not None:
-        path = split_path(task_cfg.data_dir, task_cfg.name, split)
+        name = task_cfg.train_split if split == "train" else split
+        path = split_path(task_cfg.data_dir, task_cfg.name, name)
         if not path.exists() and not Path(task_cfg.data_dir).is_absolute():
-            path = split_path(PROJECT_ROOT / task_cfg.data_dir, task_cfg.name, split)
+            path = split_path(PROJECT_ROOT / task_cfg.data_dir, task_cfg.name, name)
         if path.exists() or task.name in GENERATED_TASKS:
             return task.load(path), path.stem
     return task.load_hub(split), split

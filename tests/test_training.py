@@ -106,27 +106,36 @@ def test_every_baseline_trains_with_old_and_reference_roles(tmp_path, varied_rew
     assert summary["steps"] == 4 and all(a == a for _, a in summary["val_accuracy"])
 
 
-def test_compare_writes_the_table_and_plots_and_reuses_finished_runs(tmp_path, varied_reward, capsys):
+def test_compare_sweeps_chooses_writes_the_tables_and_plots_and_reuses_finished_runs(tmp_path, varied_reward, capsys):
     import csv
 
-    args = ["compare", "--task", "sudoku", "--seeds", "2", "--methods", "gdsd,wd1", "--out", str(tmp_path / "results"),
-            *rl_overrides(tmp_path, 2)]
+    args = ["compare", "--task", "sudoku", "--seeds", "2", "--methods", "gdsd,wd1", "--lrs", "1e-3,1e-2",
+            "--out", str(tmp_path / "results"), *rl_overrides(tmp_path, 2)]
     main(args)
     out = tmp_path / "results" / "sudoku"
+    sweep = list(csv.DictReader(open(out / "sweep.csv")))
+    assert [(r["method"], float(r["lr"])) for r in sweep] == [("gdsd", 1e-3), ("gdsd", 1e-2), ("wd1", 1e-3), ("wd1", 1e-2)]
+    assert [sum(r["chosen"] == "True" for r in sweep if r["method"] == m) for m in ("gdsd", "wd1")] == [1, 1]
     rows = list(csv.DictReader(open(out / "compare.csv")))
     assert [r["method"] for r in rows] == ["gdsd", "wd1"]
-    for column in ("final_accuracy_mean", "final_accuracy_std", "best_accuracy_mean", "reward_auc", "steps",
-                   "wall_time_s"):
+    chosen = {r["method"]: r["lr"] for r in sweep if r["chosen"] == "True"}
+    assert all(float(r["lr"]) == float(chosen[r["method"]]) for r in rows)
+    for column in ("final_accuracy_mean", "final_accuracy_std", "final_solve_rate_mean", "final_solve_rate_std",
+                   "best_accuracy_mean", "reached_target", "collapsed", "entropy_end", "reward_auc", "steps", "wall_time_s"):
         assert all(r[column] not in ("", "nan") for r in rows), column
-    assert len(list(csv.DictReader(open(out / "runs.csv")))) == 4
-    assert (out / "curves.png").stat().st_size > 0 and (out / "test_accuracy.png").stat().st_size > 0
-    assert "| gdsd |" in (out / "compare.md").read_text()
-    run_dirs = sorted((tmp_path / "runs").glob("*/seed*"))
-    assert len(run_dirs) == 4
+    assert all("base_solve_rate" in r for r in rows)
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert [(r["method"], r["seed"]) for r in runs] == [("gdsd", "0"), ("gdsd", "1"), ("wd1", "0"), ("wd1", "1")]
+    for plot in ("curves.png", "test_accuracy.png", "sweep.png"):
+        assert (out / plot).stat().st_size > 0
+    report = (out / "compare.md").read_text()
+    assert "| gdsd |" in report and "Chosen learning rates" in report
+    run_dirs = sorted((tmp_path / "runs").glob("*/lr*"))
+    assert len(run_dirs) == 6                                   # 2 lrs at seed 0 + seed 1 at the chosen lr, per method
     capsys.readouterr()
     main(args)
-    assert sorted((tmp_path / "runs").glob("*/seed*")) == run_dirs
-    assert capsys.readouterr().out.count("[compare] reusing") == 4
+    assert sorted((tmp_path / "runs").glob("*/lr*")) == run_dirs
+    assert capsys.readouterr().out.count("[compare] reusing") == 6
 
 
 def test_the_warm_up_starts_from_a_zero_learning_rate_as_the_releases_schedules_do(tmp_path):
@@ -135,7 +144,8 @@ def test_the_warm_up_starts_from_a_zero_learning_rate_as_the_releases_schedules_
 
     # transformers' constant_with_warmup: factor step / warmup while step < warmup, then 1
     cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 10, **{"optim.warmup_steps": 4,
-                                                                             "optim.scheduler": "constant"}))
+                                                                             "optim.scheduler": "constant",
+                                                                             "optim.lr": 1e-3}))
     scheduler = DiffusionRLModule(cfg, build_policy(cfg), get_task("sudoku")).configure_optimizers()["lr_scheduler"]["scheduler"]
     rates = []
     for _ in range(6):

@@ -209,8 +209,9 @@ class Task(ABC):
     # ---- generated splits (tasks with a seeded generator) -------------------------------
     split_suffix = ".jsonl"
 
-    def generate(self, n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
-        """n distinct examples from a seeded generator, none of whose `key` is in `exclude`."""
+    def generate(self, n: int, seed: int, exclude: set[str] = frozenset(), demonstrations: bool = False) -> list[dict]:
+        """n distinct examples from a seeded generator, none of whose `key` is in `exclude`; with
+        `demonstrations`, each with the target the tiny base is fine-tuned on (`target`)."""
         raise NotImplementedError(f"task {self.name} has no generator; it reads a data set")
 
     def key(self, example: dict) -> str:

@@ -210,7 +210,7 @@ class Countdown(Task):
     max_number = 99
     max_target = 100
 
-    def generate(self, n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
+    def generate(self, n: int, seed: int, exclude: set[str] = frozenset(), demonstrations: bool = False) -> list[dict]:
         """n distinct problems `a,b,c -> target` with a solution of the form `x o (y o z)` or
         `(x o y) o z` whose intermediate and final values are positive integers."""
         rng, seen, rows = random.Random(seed), set(exclude), []

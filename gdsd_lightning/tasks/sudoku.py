@@ -5,6 +5,9 @@ closed <answer>...</answer>, none without one; in plain style the digits of the 
 They are cut to 16 or padded with '0', and the reward is the fraction of the puzzle's empty cells
 they fill with the solution's digit (0 with no digit at all). The releases' evaluation scripts and
 d-OPSD's gate read the answer with five patterns instead (`patterned_answer`).
+
+Generated rows may carry a `Demonstration` (the tiny base's SFT target, `sft` split): the
+Solution, or the grid of a solver that knows only some of the rules (`rule_solver`).
 """
 
 from __future__ import annotations
@@ -85,6 +88,31 @@ def all_solutions() -> list[str]:
     return [g for g in ("".join(r) for r in itertools.product(rows, repeat=4)) if is_valid_solution(g)]
 
 
+def unit_of(cell: int, rule: str) -> int:
+    """Index of the row, column or 2x2 box (`rule`) that cell 0..15 lies in."""
+    row, col = divmod(cell, 4)
+    return {"row": row, "col": col, "box": (row // 2) * 2 + col // 2}[rule]
+
+
+def rule_solver(puzzle: str, rules: tuple[str, ...]) -> str:
+    """The grid a solver that checks only `rules` (of row, col, box) writes for `puzzle`: while a
+    cell is empty, the empty cell with the fewest candidates (digits that no filled cell sharing
+    one of its `rules` units holds; ties: the first such cell) gets its smallest candidate, '1'
+    when none is left. A solver without the column rule gets 34% of 8-blank puzzles right."""
+    grid = list(puzzle)
+    empty = [i for i, d in enumerate(grid) if d == "0"]
+    while empty:
+        def candidates(cell: int) -> list[str]:
+            seen = {grid[j] for j in range(16) if any(unit_of(j, r) == unit_of(cell, r) for r in rules)}
+            return [d for d in "1234" if d not in seen]
+
+        options = {cell: candidates(cell) for cell in empty}
+        cell = min(empty, key=lambda c: (len(options[c]) or 5, c))
+        grid[cell] = options[cell][0] if options[cell] else "1"
+        empty.remove(cell)
+    return "".join(grid)
+
+
 def count_completions(puzzle: str, grids: np.ndarray) -> int:
     """Number of valid grids (rows of `grids`, digits as ints) that agree with the clues."""
     clues = np.array([int(d) for d in puzzle])
@@ -118,7 +146,13 @@ class Sudoku(Task):
             raise ValueError("Puzzle clues disagree with Solution")
         if "0" not in puzzle:
             raise ValueError("Puzzle has no empty cell")
-        return {"Puzzle": puzzle, "Solution": solution}
+        checked = {"Puzzle": puzzle, "Solution": solution}
+        if row.get("Demonstration") is not None:
+            demonstration = str(row["Demonstration"]).strip()
+            if not re.fullmatch(r"[1-4]{16}", demonstration) or any(p not in ("0", d) for p, d in zip(puzzle, demonstration)):
+                raise ValueError(f"Demonstration {demonstration!r} must be 16 digits 1-4 that keep the Puzzle's clues")
+            checked["Demonstration"] = demonstration
+        return checked
 
     def prompt(self, example: dict) -> str:
         return f"{example['Puzzle']}\n"    # compact: every prompt token costs compute in every step
@@ -129,7 +163,8 @@ class Sudoku(Task):
         return f"{D1_INSTRUCTIONS}\n\nSolve the following Sudoku puzzle: {example['Puzzle']}\n"
 
     def target(self, example: dict) -> str:
-        return example["Solution"] if self.plain else f"<answer>\n{example['Solution']}\n</answer>"
+        grid = example.get("Demonstration", example["Solution"])      # the SFT split's demonstration
+        return grid if self.plain else f"<answer>\n{grid}\n</answer>"
 
     def answer(self, completion: str) -> str:
         """The grid as read from the completion (see the module docstring); '' when there is none."""
@@ -159,8 +194,16 @@ class Sudoku(Task):
         return {"solve_rate": float(self.is_correct(completion, example))}
 
     # ---- generation ---------------------------------------------------------------------
-    def generate(self, n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
-        """n distinct puzzles with `num_empty` blanks and a unique solution."""
+    # Demonstrations of the tiny base (`sft` split): the true Solution for this fraction of the
+    # rows, the rest from a solver that ignores the column rule. The base learns both behaviours
+    # and prefers the rule solver's; RL with the true reward can select the other.
+    demonstration_truth = 0.4
+    demonstration_rules = ("row", "box")
+
+    def generate(self, n: int, seed: int, exclude: set[str] = frozenset(), demonstrations: bool = False) -> list[dict]:
+        """n distinct puzzles with `num_empty` blanks and a unique solution; with `demonstrations`
+        each also gets a Demonstration: its Solution with probability `demonstration_truth`, else
+        rule_solver(Puzzle, demonstration_rules)."""
         rng, grids = random.Random(seed), all_solutions()
         grid_digits = np.array([[int(d) for d in g] for g in grids])
         seen, rows = set(exclude), []
@@ -172,12 +215,15 @@ class Sudoku(Task):
                 continue
             seen.add(puzzle)
             rows.append({"Puzzle": puzzle, "Solution": solution})
+            if demonstrations:
+                truthful = rng.random() < self.demonstration_truth
+                rows[-1]["Demonstration"] = solution if truthful else rule_solver(puzzle, self.demonstration_rules)
         return rows
 
     def write(self, path: Path, rows: list[dict]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["Puzzle", "Solution"], lineterminator="\n")
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
 
