@@ -280,6 +280,25 @@ def test_sandboxed_code_tasks_score_in_our_sandbox():
     assert [s["task_id"] for s in shots] == [2, 3, 4] and all(s["is_fewshot"] for s in shots)
 
 
+ALWAYS_EQUAL = "class Always:\n    def __eq__(self, other):\n        return True\n"
+
+
+def test_sandboxed_code_tasks_fail_early_exits_and_always_equal_answers():
+    """The lm-eval code tasks' verdict is the judge's: a program that exits before or during its
+    tests, or answers with an object equal to everything, fails."""
+    from gdsd_lightning.lm_eval_tasks.sandboxed_code import humaneval_problems, humaneval_results, mbpp_results
+
+    problem = humaneval_problems()["test"][0]
+    always = "    " + ALWAYS_EQUAL.replace("\n", "\n    ") + "return Always()\n"
+    for body in ("    return 0\nimport os\nos._exit(0)", "    return 0\nimport sys\nsys.exit(0)", always):
+        assert humaneval_results(problem, [body]) == {"pass@1": 0.0}, body
+    doc = {"test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"],
+           "code": "def add(a, b):\n    return a + b"}
+    for program in ("def add(a, b): return 0\nimport os; os._exit(0)", "def add(a, b): return 0\nimport sys; sys.exit(0)",
+                    ALWAYS_EQUAL + "def add(a, b):\n    return Always()"):
+        assert mbpp_results(doc, [program]) == {"pass@1": 0.0}, program
+
+
 def test_sandboxed_tasks_keep_lm_eval_prompts():
     """Our humaneval / mbpp task files prompt, stop and count shots as lm-eval's own, and the hub
     data sets we check offline are the ones lm-eval's tasks read."""
