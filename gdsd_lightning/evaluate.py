@@ -80,7 +80,7 @@ def score(task: Task, protocol: Protocol, completion: str, example: dict) -> dic
         correct, empty = release_eval.sudoku_cells(completion, example)
         return {"correct_cells": correct, "empty_cells": empty, "correct": correct == empty}
     if protocol.name == "papers" and task.name == "countdown":
-        return {"correct": release_eval.countdown_correct(completion, example)}
+        return {"correct": release_eval.countdown_correct(completion, example, protocol.prompts)}
     return task.score(completion, example)
 
 

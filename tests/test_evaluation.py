@@ -19,6 +19,7 @@ from gdsd_lightning.evaluate import evaluate, pick_best_on_test
 from gdsd_lightning.metrics import pass_at_k, pass_at_k_mean
 from gdsd_lightning.protocol import MINERVA_SUBJECTS, resolve_protocol
 from gdsd_lightning.tasks import release_eval
+from gdsd_lightning.tasks.countdown import arithmetic_value
 from tests.conftest import SMALL, make_tiny
 
 SUDOKU_ROWS = [("3102200002100320", "3142243142131324"), ("0140432014020000", "2143432114323214"),
@@ -75,17 +76,30 @@ def test_sudoku_cells_count_the_empty_cells_only():
     ("<answer>30 \\times 1 - (100-93)</answer>", False),                  # an extra number
 ])
 def test_countdown_extraction_and_check(completion, correct):
-    assert release_eval.countdown_correct(completion, COUNTDOWN) is correct
+    assert release_eval.countdown_correct(completion, COUNTDOWN, "gdsd") is correct
+
+
+@pytest.mark.parametrize("completion, gdsd, d1", [
+    ("30-(100-93)", True, True),                                          # no tag: the whole text for both
+    ("<answer>30-(100-93)</answer>", True, False),                        # GDSD: the tag; d1: the whole text
+    ("\\fbox{30+100} <answer>30-(100-93)</answer>", True, False),         # d1 reads the \fbox{...} as is
+    ("\\fbox{30-(100-93)} <answer>30+100+93</answer>", False, False),     # ... which is no arithmetic
+    ("<answer>\\boxed{30-(100-93)}</answer>", True, True),                 # boxed: the same for both
+    ("<answer>30-(100-93)</answer> \\boxed{", True, True),                 # unclosed box: the tag for both
+])
+def test_countdown_unboxed_answers_read_by_each_familys_release(completion, gdsd, d1):
+    assert release_eval.countdown_correct(completion, COUNTDOWN, "gdsd") is gdsd
+    assert release_eval.countdown_correct(completion, COUNTDOWN, "d1") is d1
 
 
 def test_countdown_values_follow_python_arithmetic_without_eval():
-    assert release_eval.expression_value("2**3//3") == 2                   # what eval() gives
-    assert release_eval.expression_value("-(3)+10/4") == pytest.approx(-0.5)
-    assert release_eval.expression_value("__import__('os')") == float("inf")
-    assert release_eval.expression_value("3(4)") == float("inf")
-    assert release_eval.countdown_correct("<answer>2**2+1</answer>", {"input": "2,2,1", "output": "5"})
-    assert release_eval.countdown_correct("<answer>5*2/2</answer>", {"input": "2,2,5", "output": "5"})
-    assert not release_eval.countdown_correct("<answer>5/(2-2)</answer>", {"input": "2,2,5", "output": "5"})
+    assert arithmetic_value("2**3//3") == 2                                # what eval() gives
+    assert arithmetic_value("-(3)+10/4") == pytest.approx(-0.5)
+    assert arithmetic_value("__import__('os')") is None
+    assert arithmetic_value("3(4)") is None
+    assert release_eval.countdown_correct("<answer>2**2+1</answer>", {"input": "2,2,1", "output": "5"}, "gdsd")
+    assert release_eval.countdown_correct("<answer>5*2/2</answer>", {"input": "2,2,5", "output": "5"}, "gdsd")
+    assert not release_eval.countdown_correct("<answer>5/(2-2)</answer>", {"input": "2,2,5", "output": "5"}, "gdsd")
 
 
 def test_release_prompts_are_chat_prompts_with_the_reasoning_prefill(tiny_llada):
