@@ -32,7 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from omegaconf import DictConfig, OmegaConf
 
-from gdsd_lightning.config import PROJECT_ROOT
+from gdsd_lightning.config import PROJECT_ROOT, sampler_problems
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.tasks.release_eval import PROMPT_FAMILIES
 
@@ -157,21 +157,18 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
                             "task's own metrics)")
     if s.kind == "dream":
         block = None
+    protocol = Protocol(e.protocol, task, harness, lengths, steps, block, sampler, cfg.seed, e.num_samples,
+                        tuple(e.pass_at or default_pass_at(e.num_samples)) if e.num_samples > 1 else (), e.checkpoint,
+                        prompts, subset, e.num_examples, lm_eval_tasks, e.fewshot, e.num_mc, e.batch_size, notes)
     for n in lengths:
-        if block and n % block:
-            problems.append(f"the block length {block} must divide every generation length (eval.lengths: {list(lengths)})")
-            break
-        if block and steps[n] % (n // block):
-            problems.append(f"{steps[n]} steps at length {n} are not a multiple of its {n // block} blocks (eval.steps)")
-            break
-        if not 1 <= steps[n] <= n:
-            problems.append(f"{steps[n]} steps at length {n}: eval.steps must be in 1..length")
+        at_length = sampler_problems(protocol.sampler_at(n))
+        if at_length:
+            problems.append(f"at generation length {n} (eval.lengths, eval.steps, eval.block_length): "
+                            + "; ".join(at_length))
             break
     if problems:
         raise UserError("; ".join(problems))
-    return Protocol(e.protocol, task, harness, lengths, steps, block, sampler, cfg.seed, e.num_samples,
-                    tuple(e.pass_at or default_pass_at(e.num_samples)) if e.num_samples > 1 else (), e.checkpoint,
-                    prompts, subset, e.num_examples, lm_eval_tasks, e.fewshot, e.num_mc, e.batch_size, notes)
+    return protocol
 
 
 # ---- where a number was computed ---------------------------------------------------------

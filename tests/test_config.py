@@ -44,6 +44,7 @@ def test_wrong_type_names_the_key():
     ("trainer.val_every_n_steps=6 method.num_iterations=4", "multiple of method.num_iterations"),
     ("rollout.num_generations=1", "at least 2"),
     ("sampler.fast_threshold=0.9 sampler.remasking=random", "needs sampler.remasking=low_confidence"),
+    ("sampler.remasking=confidence", "sampler.remasking must be 'low_confidence' or 'random'"),
     ("sampler.kv_cache=true sampler.kind=dream", "fast mode exists for the block sampler only"),
     ("sampler.kv_refresh_every=2", "needs sampler.kv_cache=true"),
     ("sampler.kv_cache=true sampler.kv_refresh_every=0", "kv_refresh_every must be a positive number"),

@@ -138,7 +138,8 @@ def test_the_papers_protocol_per_task():
 
 @pytest.mark.parametrize("overrides, phrase", [
     (["eval.num_samples=4"], "needs sampler.temperature > 0"),
-    (["eval.lengths=[48]"], "block length 32 must divide"),
+    (["eval.lengths=[48]"], r"at generation length 48 .*: sampler.block_length \(32\) must divide"),
+    (["eval.steps=3"], r"at generation length 128 .*: sampler.steps \(3\) must be a multiple of the number of blocks"),
     (["eval.checkpoint=best"], "eval.checkpoint must be one of final, best_val, best_test"),
     (["eval.protocol=paper"], "eval.protocol must be one of papers, experiment"),
 ])
@@ -362,6 +363,18 @@ def test_generate_until_cuts_at_stop_sequences_and_drops_special_tokens(tiny_lla
     request = type("Request", (), {"args": ("Q: 1+1?\nA:", {"until": ["Q:"]})})
     texts = lm.generate_until([request, request, request], disable_tqdm=True)
     assert len(texts) == 3 and texts[0] == texts[2] and "<eos>" not in texts[0]   # greedy: the same prompt, the same text
+
+
+@pytest.mark.parametrize("model_args, phrase", [
+    ({"fast_threshold": 0.9, "remasking": "random"}, "fast_threshold ranks by confidence"),
+    ({"sampler": "dream", "kv_cache": True}, "fast mode exists for the block sampler only"),
+    ({"gen_length": 8, "steps": 4, "block_length": 3}, r"sampler.block_length \(3\) must divide"),
+])
+def test_lm_eval_model_args_get_the_experiments_sampler_rules(tiny_llada, model_args, phrase):
+    from gdsd_lightning.lm_eval_model import DiffusionHarnessLM
+
+    with pytest.raises(UserError, match=f"model_args do not fit together.*{phrase}"):
+        DiffusionHarnessLM(policy=tiny_llada, **model_args)
 
 
 def test_lora_checkpoints_load_as_saved_here_or_as_adapter_directories(tmp_path):
