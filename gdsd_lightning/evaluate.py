@@ -65,7 +65,7 @@ def protocol_examples(cfg: DictConfig, task: Task, protocol: Protocol, data: str
 
 
 # ---- this harness's tasks ----------------------------------------------------------------
-def prompts_for(policy: DiffusionLM, task: Task, protocol: Protocol, examples: list[dict], cfg: DictConfig) -> list[str]:
+def prompts_for(policy: DiffusionLM, task: Task, protocol: Protocol, examples: list[dict]) -> list[str]:
     if protocol.name == "papers":
         if not getattr(policy.tokenizer, "chat_template", None):
             raise UserError("the papers' sudoku / countdown prompts are chat prompts, but the model's tokenizer has no "
@@ -147,7 +147,7 @@ def evaluate_model(policy: DiffusionLM, task: Task, protocol: Protocol, examples
             for name, metrics in results.items():
                 by_task.setdefault(name, {})[str(length)] = metrics
     else:
-        prompts = prompts_for(policy, task, protocol, examples, cfg)
+        prompts = prompts_for(policy, task, protocol, examples)
         by_task[task.name] = {str(n): own_task_results(policy, task, protocol, examples, prompts, n, write,
                                                        cfg.task.max_prompt_length)
                               for n in protocol.lengths}

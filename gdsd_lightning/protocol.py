@@ -64,7 +64,6 @@ PAPER_TASKS = {
     "mbpp": PaperTask(LM_EVAL, (256,), 128, CODE_TASKS),
 }
 PAPER_BLOCK_LENGTH = 32
-RELEASE_SUBSET_SEED = 42                    # the releases' init_seed(42) before np.random.choice
 
 
 @dataclass(frozen=True)

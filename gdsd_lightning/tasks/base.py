@@ -30,7 +30,6 @@ from typing import Iterable
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.hub import offline_unless_reachable, unreachable
 
-ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 CLOSED_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 PROMPT_STYLES = ("plain", "chat")
@@ -172,12 +171,6 @@ class Task(ABC):
         """The reference completion in this task's prompt style, used for SFT."""
 
     # ---- scoring ------------------------------------------------------------------------
-    @staticmethod
-    def extract_answer(completion: str) -> str:
-        """Text inside the last `<answer>` tag if present, else the whole completion."""
-        tagged = ANSWER_TAG.findall(completion)
-        return (tagged[-1] if tagged else completion).strip()
-
     @abstractmethod
     def reward(self, completion: str, example: dict) -> float:
         """Training reward of one completion."""
