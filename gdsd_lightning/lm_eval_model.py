@@ -247,7 +247,7 @@ MINERVA_MEAN = "minerva_math"
 def require_hub_data(specs: list[str]) -> None:
     """Fail in seconds, in one sentence, when a hub task's data set can be neither downloaded nor
     read from the local cache."""
-    from gdsd_lightning.hub import offline_unless_reachable
+    from gdsd_lightning.hub import offline_unless_reachable, unreachable
 
     if offline_unless_reachable():
         return
@@ -259,10 +259,9 @@ def require_hub_data(specs: list[str]) -> None:
         try:
             datasets.load_dataset_builder(*HUB_DATA[spec])
         except (ConnectionError, FileNotFoundError, ValueError):
-            raise UserError(f"lm-eval task {spec} reads {HUB_DATA[spec][0]} from the Hugging Face hub, which is "
-                            "unreachable from this machine, and it is not in the local cache; download it where "
-                            "the hub is reachable, or give a local task file in lm-eval's format instead: "
-                            "eval.lm_eval_tasks=[path/to/task.yaml] (docs/evaluation.md)") from None
+            raise unreachable(f"lm-eval task {spec}'s data set", HUB_DATA[spec][0],
+                              "rerun, or give a local task file in lm-eval's format instead: "
+                              "eval.lm_eval_tasks=[path/to/task.yaml] (docs/evaluation.md)") from None
 
 
 def task_manager(specs: list[str]):
