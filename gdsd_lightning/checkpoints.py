@@ -90,12 +90,18 @@ def models_for_rule(cfg: DictConfig, ckpt: str | None, rule: str) -> tuple[list[
         if not (checkpoints / "best.ckpt").is_file():
             raise UserError(f"{run_dir} has no checkpoints/best.ckpt for eval.checkpoint=best_val")
         return [ModelRef("best.ckpt", checkpoints / "best.ckpt")], run_dir
+    # Each set of weights once: the last step's checkpoint holds the final model's, best.ckpt those of
+    # the best step's checkpoint (or of the final model when the last step was best).
+    summary = run_dir / "summary.json"
+    ended = json.loads(summary.read_text()) if summary.is_file() else {}
     refs, skip = [], {INTERRUPTED_CHECKPOINT}
     if final.source.is_dir():
         refs.append(final)
-        summary = run_dir / "summary.json"
-        if summary.is_file():                  # the last step's checkpoint holds the final model's weights
-            skip.add(f"step{json.loads(summary.read_text()).get('steps')}")
+        skip.add(f"step{ended.get('steps')}")
+    if (checkpoints / "best.ckpt").is_file() and ended.get("best_step") is not None:
+        skip.add(f"step{ended['best_step']}")
+        if final.source.is_dir() and ended["best_step"] == ended.get("steps"):
+            skip.add("best")
     for path in sorted({p.resolve() for p in checkpoints.glob("*.ckpt")}):   # last.ckpt links to a step's
         if path.stem not in skip:
             refs.append(ModelRef(path.name, path))

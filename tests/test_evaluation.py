@@ -220,7 +220,11 @@ def test_checkpoint_rules_choose_among_a_runs_models(tmp_path):
     labels = lambda rule: [r.label for r in models_for_rule(cfg, str(run), rule)[0]]   # noqa: E731
     assert labels("final") == ["final"] and labels("best_val") == ["best.ckpt"]
     (run / "checkpoints" / "interrupted.ckpt").write_bytes(b"")
-    assert labels("best_test") == ["final", "best.ckpt", "step2.ckpt"]       # step4 = the final model's weights
+    # step4 holds the final model's weights, best.ckpt step2's: each evaluated once
+    assert labels("best_test") == ["final", "best.ckpt"]
+    (run / "checkpoints" / "step6.ckpt").write_bytes(b"")
+    (run / "summary.json").write_text(json.dumps({"steps": 6, "best_step": 6}))
+    assert labels("best_test") == ["final", "step2.ckpt", "step4.ckpt"]       # best = last = the final model
     (run / "summary.json").write_text(json.dumps({"steps": 4, "best_step": 0}))
     assert models_for_rule(cfg, str(run), "best_val")[0][0].source is None   # the starting model
     with pytest.raises(UserError, match="chooses among a run's checkpoints"):
