@@ -296,6 +296,32 @@ def sampler_problems(sampler: DictConfig) -> list[str]:
     return problems
 
 
+PROTOCOLS = ("papers", "experiment")                  # eval.protocol (protocol.py)
+CHECKPOINT_RULES = ("final", "best_val", "best_test")   # eval.checkpoint (checkpoints.py)
+
+
+def eval_problems(cfg: DictConfig) -> list[str]:
+    """One sentence for each `eval` setting that no evaluation could accept, whatever the model;
+    protocol.resolve_protocol adds the rules of each protocol and generation length."""
+    from gdsd_lightning.tasks.release_eval import PROMPT_FAMILIES
+
+    e, problems = cfg.eval, []
+    if e.protocol not in PROTOCOLS:
+        problems.append(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got {e.protocol!r}")
+    if e.checkpoint not in CHECKPOINT_RULES:
+        problems.append(f"eval.checkpoint must be one of {', '.join(CHECKPOINT_RULES)}, got {e.checkpoint!r}")
+    if e.prompts not in PROMPT_FAMILIES:
+        problems.append(f"eval.prompts must be one of {', '.join(PROMPT_FAMILIES)}, got {e.prompts!r}")
+    if e.num_samples < 1:
+        problems.append(f"eval.num_samples must be at least 1, got {e.num_samples}")
+    elif e.num_samples > 1 and cfg.sampler.temperature <= 0:
+        problems.append(f"eval.num_samples={e.num_samples} needs sampler.temperature > 0 (greedy samples are identical)")
+    if e.lm_eval_tasks and e.protocol == "experiment":
+        problems.append("eval.lm_eval_tasks needs eval.protocol=papers (the experiment protocol scores with the "
+                        "task's own metrics)")
+    return problems
+
+
 def check_combinations(cfg: DictConfig) -> None:
     """Refuse settings that cannot work together, in one sentence each."""
     s = cfg.sampler
@@ -344,6 +370,7 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.model.lora_r < 0:
         problems.append(f"model.lora_r must be 0 (off) or positive, got {cfg.model.lora_r}")
+    problems += eval_problems(cfg)      # checked before training too, not only when the run is evaluated
     if problems:
         raise UserError("; ".join(problems))
 

@@ -179,6 +179,9 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, data: str | None = None, 
     protocol = resolve_protocol(cfg)
     task = task_from_config(cfg.task)
     if protocol.harness == LM_EVAL:
+        if data is not None:
+            raise UserError(f"--data {data}: lm-eval tasks read their own data sets; name a local task file in "
+                            "lm-eval's format instead: eval.lm_eval_tasks=[path/to/task.yaml] (docs/evaluation.md)")
         examples, data_record, data_name = [], {"source": "lm-eval tasks", "tasks": list(protocol.lm_eval_tasks)}, "lm-eval"
     else:
         examples, data_record = protocol_examples(cfg, task, protocol, data)

@@ -48,6 +48,8 @@ def test_wrong_type_names_the_key():
     ("sampler.kv_cache=true sampler.kind=dream", "fast mode exists for the block sampler only"),
     ("sampler.kv_refresh_every=2", "needs sampler.kv_cache=true"),
     ("sampler.kv_cache=true sampler.kv_refresh_every=0", "kv_refresh_every must be a positive number"),
+    ("eval.checkpoint=best", "eval.checkpoint must be one of"),                   # eval keys, before training
+    ("eval.num_samples=0", "eval.num_samples must be at least 1"),
 ])
 def test_impossible_combinations_are_refused(override, phrase):
     with pytest.raises(UserError, match=phrase):

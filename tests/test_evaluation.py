@@ -287,6 +287,11 @@ def test_gsm8k_and_code_go_through_lm_eval_with_local_task_files(tmp_path):
     assert rows[0]["prompt"].startswith("Q: ") and isinstance(rows[0]["completion"], str)
 
 
+def test_lm_eval_tasks_refuse_a_data_file():
+    with pytest.raises(UserError, match="^--data x.jsonl: lm-eval tasks read their own data sets"):
+        evaluate(load_experiment("gdsd_llada_gsm8k"), None, "x.jsonl")
+
+
 def test_sandboxed_code_tasks_score_in_our_sandbox():
     from gdsd_lightning.lm_eval_tasks.sandboxed_code import humaneval_problems, humaneval_results, mbpp_results, mbpp_shots
 

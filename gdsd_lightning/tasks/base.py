@@ -110,7 +110,7 @@ class Task(ABC):
         source = self.hub.source(split) if self.hub else None
         if source is None:
             raise UserError(f"task {self.name} has no {split} split of its own; set task.{split}_path "
-                            f"to a JSONL or Parquet file")
+                            f"to a JSONL, CSV or Parquet file")
         dataset_id, config, expression = source
         import datasets
 
@@ -126,7 +126,7 @@ class Task(ABC):
         except (ConnectionError, FileNotFoundError):
             if online:
                 raise
-            raise unreachable("data set", name, f"set task.{split}_path to a local JSONL or Parquet file") from None
+            raise unreachable("data set", name, f"set task.{split}_path to a local JSONL, CSV or Parquet file") from None
         return self.validated(enumerate(rows, start=1), f"{name} [{expression}]", "row")
 
     def validated(self, rows: Iterable[tuple[int, dict]], source: str, unit: str) -> list[dict]:
