@@ -21,7 +21,7 @@ PY   := .venv/bin/python
 TORCH_VERSION  ?= 2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: train eval report compare bench test test-slow data clean-venv
+.PHONY: train eval report compare bench smoke-real test test-slow data clean-venv
 
 .venv/.installed: pyproject.toml requirements.lock
 	python3 -m venv .venv

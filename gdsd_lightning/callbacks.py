@@ -43,10 +43,14 @@ def samples_markdown(rows: list[tuple[str, str, float]]) -> str:
 
 
 class RolloutStatistics(L.Callback):
-    """Per rollout: reward mean/std, fraction of zero-std groups, completion length, entropy, the
-    task's extra metrics averaged over the completions (code: `rollout/integrity/<check>`, the
-    fraction caught by each integrity check of the sandbox), peak GPU memory on CUDA;
-    every `text_every_n_steps` optimiser steps a few sample completions as TensorBoard text."""
+    """After each rollout (one training step: method.num_iterations optimiser steps), under
+    `rollout/`: the mean and std of the batch's rewards, the fraction of groups whose rewards are
+    all equal, the completion length (tokens before the first EOS) and the entropy (per completion,
+    the mean over its positions of the entropy of the prediction that committed each), each a batch
+    mean; the task's extra metrics averaged over the completions (code: `integrity/<check>`, the
+    fraction caught by each integrity check of the sandbox); on CUDA `system/peak_memory_gib`, the mean over ranks of each
+    rank's peak. On the first rollout in each window of `text_every_n_steps` optimiser steps, the
+    first `num_texts` (prompt, completion, reward) rows go to every logger (`log_samples`)."""
 
     def __init__(self, text_every_n_steps: int = 50, num_texts: int = 4):
         self.text_every_n_steps, self.num_texts = text_every_n_steps, num_texts

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.models.build import build_policy
-from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, require_file
+from gdsd_lightning.runs import FINAL_MODEL, INTERRUPTED_CHECKPOINT, latest_final_model, require_file
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,20 @@ class ModelRef:
     source: Path | None           # None: the experiment's starting model (build_policy)
 
 
+def trained_model(cfg: DictConfig) -> Path:
+    """The experiment's latest final model, or one sentence saying how to make one."""
+    final = latest_final_model(cfg.runs_dir, cfg.name)
+    if final is None:
+        raise UserError(f"experiment {cfg.name!r} has no trained model yet; run `make train EXP={cfg.name}` "
+                        "or pass --ckpt")
+    return final
+
+
 def load_policy(cfg: DictConfig, ckpt: str | Path | None) -> tuple[DiffusionLM, Path]:
     """The model to evaluate: a saved model directory, a Lightning .ckpt of this experiment,
     or (no `ckpt`) the experiment's latest final model. Returns it with its location."""
     if ckpt is None:
-        final = latest_final_model(cfg.runs_dir, cfg.name)
-        if final is None:
-            raise UserError(f"experiment {cfg.name!r} has no trained model yet; run `make train EXP={cfg.name}` "
-                            "or pass --ckpt")
+        final = trained_model(cfg)
         return DiffusionLM.load(final, getattr(torch, cfg.model.dtype)), final
     path = require_file(ckpt, "checkpoint")
     if path.is_dir():
@@ -72,11 +78,7 @@ def models_for_rule(cfg: DictConfig, ckpt: str | None, rule: str) -> tuple[list[
     if ckpt is not None:
         run_dir = Path(ckpt)
     else:
-        final = latest_final_model(cfg.runs_dir, cfg.name)
-        if final is None:
-            raise UserError(f"experiment {cfg.name!r} has no trained model yet; run `make train EXP={cfg.name}` "
-                            "or pass --ckpt")
-        run_dir = final.resolve().parent
+        run_dir = trained_model(cfg).resolve().parent
     final = ModelRef(FINAL_MODEL, run_dir / FINAL_MODEL)
     checkpoints = run_dir / "checkpoints"
     if rule == "final":
@@ -88,12 +90,18 @@ def models_for_rule(cfg: DictConfig, ckpt: str | None, rule: str) -> tuple[list[
         if not (checkpoints / "best.ckpt").is_file():
             raise UserError(f"{run_dir} has no checkpoints/best.ckpt for eval.checkpoint=best_val")
         return [ModelRef("best.ckpt", checkpoints / "best.ckpt")], run_dir
-    refs, skip = [], {"interrupted"}
+    # Each set of weights once: the last step's checkpoint holds the final model's, best.ckpt those of
+    # the best step's checkpoint (or of the final model when the last step was best).
+    summary = run_dir / "summary.json"
+    ended = json.loads(summary.read_text()) if summary.is_file() else {}
+    refs, skip = [], {INTERRUPTED_CHECKPOINT}
     if final.source.is_dir():
         refs.append(final)
-        summary = run_dir / "summary.json"
-        if summary.is_file():                  # the last step's checkpoint holds the final model's weights
-            skip.add(f"step{json.loads(summary.read_text()).get('steps')}")
+        skip.add(f"step{ended.get('steps')}")
+    if (checkpoints / "best.ckpt").is_file() and ended.get("best_step") is not None:
+        skip.add(f"step{ended['best_step']}")
+        if final.source.is_dir() and ended["best_step"] == ended.get("steps"):
+            skip.add("best")
     for path in sorted({p.resolve() for p in checkpoints.glob("*.ckpt")}):   # last.ckpt links to a step's
         if path.stem not in skip:
             refs.append(ModelRef(path.name, path))

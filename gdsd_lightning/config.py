@@ -267,20 +267,65 @@ def validate_method(method: DictConfig, where: str) -> DictConfig:
     return wrapped.method
 
 
-def check_combinations(cfg: DictConfig) -> None:
-    """Refuse settings that cannot work together, in one sentence each."""
-    s = cfg.sampler
-    problems = []
+def sampler_problems(sampler: DictConfig) -> list[str]:
+    """One sentence for each setting of a sampler section (the experiment's, an evaluation
+    length's, lm-eval's model_args) that generation.sample cannot run, naming its sampler.* key."""
+    s, problems = sampler, []
     if s.kind not in ("block", "dream"):
         problems.append(f"sampler.kind must be 'block' or 'dream', got {s.kind!r}")
     if s.gumbel_dtype not in ("float64", "model"):
         problems.append(f"sampler.gumbel_dtype must be 'float64' or 'model', got {s.gumbel_dtype!r}")
-    if s.gen_length % s.block_length:
+    if s.block_length < 1 or s.gen_length % s.block_length:
         problems.append(f"sampler.block_length ({s.block_length}) must divide sampler.gen_length ({s.gen_length})")
     elif s.steps % (s.gen_length // s.block_length):
         problems.append(f"sampler.steps ({s.steps}) must be a multiple of the number of blocks ({s.gen_length // s.block_length})")
     if s.steps < 1 or s.steps > s.gen_length:
         problems.append(f"sampler.steps must be in 1..gen_length ({s.gen_length}), got {s.steps}")
+    if s.remasking not in ("low_confidence", "random"):
+        problems.append(f"sampler.remasking must be 'low_confidence' or 'random', got {s.remasking!r}")
+    if s.fast_threshold is not None and not (0.0 < s.fast_threshold <= 1.0):
+        problems.append(f"sampler.fast_threshold must be in (0, 1], got {s.fast_threshold}")
+    fast = [f"sampler.{key}" for key in ("fast_threshold", "kv_cache") if s[key] not in (None, False)]
+    if fast and s.kind != "block":
+        problems.append(f"{' and '.join(fast)}: fast mode exists for the block sampler only, not sampler.kind={s.kind}")
+    if s.fast_threshold is not None and s.remasking != "low_confidence":
+        problems.append("sampler.fast_threshold ranks by confidence: it needs sampler.remasking=low_confidence")
+    if s.kv_refresh_every is not None and (not s.kv_cache or s.kv_refresh_every < 1):
+        problems.append(f"sampler.kv_refresh_every must be a positive number of steps and needs sampler.kv_cache=true, "
+                        f"got {s.kv_refresh_every} with kv_cache={s.kv_cache}")
+    return problems
+
+
+PROTOCOLS = ("papers", "experiment")                  # eval.protocol (protocol.py)
+CHECKPOINT_RULES = ("final", "best_val", "best_test")   # eval.checkpoint (checkpoints.py)
+
+
+def eval_problems(cfg: DictConfig) -> list[str]:
+    """One sentence for each `eval` setting that no evaluation could accept, whatever the model;
+    protocol.resolve_protocol adds the rules of each protocol and generation length."""
+    from gdsd_lightning.tasks.release_eval import PROMPT_FAMILIES
+
+    e, problems = cfg.eval, []
+    if e.protocol not in PROTOCOLS:
+        problems.append(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got {e.protocol!r}")
+    if e.checkpoint not in CHECKPOINT_RULES:
+        problems.append(f"eval.checkpoint must be one of {', '.join(CHECKPOINT_RULES)}, got {e.checkpoint!r}")
+    if e.prompts not in PROMPT_FAMILIES:
+        problems.append(f"eval.prompts must be one of {', '.join(PROMPT_FAMILIES)}, got {e.prompts!r}")
+    if e.num_samples < 1:
+        problems.append(f"eval.num_samples must be at least 1, got {e.num_samples}")
+    elif e.num_samples > 1 and cfg.sampler.temperature <= 0:
+        problems.append(f"eval.num_samples={e.num_samples} needs sampler.temperature > 0 (greedy samples are identical)")
+    if e.lm_eval_tasks and e.protocol == "experiment":
+        problems.append("eval.lm_eval_tasks needs eval.protocol=papers (the experiment protocol scores with the "
+                        "task's own metrics)")
+    return problems
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    """Refuse settings that cannot work together, in one sentence each."""
+    s = cfg.sampler
+    problems = sampler_problems(s)
     from gdsd_lightning.tasks import PROMPT_STYLES, RELEASES
 
     if cfg.task.prompt_style not in PROMPT_STYLES:
@@ -313,19 +358,10 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append("set at most one of model.path and model.init_from")
     if cfg.trainer.strategy == "fsdp" and not str(cfg.trainer.devices).isdigit():
         problems.append(f"trainer.devices must be a number of devices with trainer.strategy=fsdp, got {cfg.trainer.devices!r}")
-    if s.fast_threshold is not None and not (0.0 < s.fast_threshold <= 1.0):
-        problems.append(f"sampler.fast_threshold must be in (0, 1], got {s.fast_threshold}")
     fast = [f"sampler.{key}" for key in ("fast_threshold", "kv_cache") if s[key] not in (None, False)]
     if fast and getattr(OBJECTIVES[cfg.method.name], "record_states", False):
         problems.append(f"{' and '.join(fast)} cannot be used with {cfg.method.name} (it trains on the states of "
                         "the exact schedule)")
-    if fast and s.kind != "block":
-        problems.append(f"{' and '.join(fast)}: fast mode exists for the block sampler only, not sampler.kind={s.kind}")
-    if s.fast_threshold is not None and s.remasking != "low_confidence":
-        problems.append("sampler.fast_threshold ranks by confidence: it needs sampler.remasking=low_confidence")
-    if s.kv_refresh_every is not None and (not s.kv_cache or s.kv_refresh_every < 1):
-        problems.append(f"sampler.kv_refresh_every must be a positive number of steps and needs sampler.kv_cache=true, "
-                        f"got {s.kv_refresh_every} with kv_cache={s.kv_cache}")
     unknown_loggers = [name for name in cfg.trainer.logger.split(",") if name not in LOGGERS]
     if unknown_loggers:
         problems.append(f"trainer.logger: unknown logger(s) {', '.join(map(repr, unknown_loggers))}; "
@@ -334,6 +370,7 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
     if cfg.model.lora_r < 0:
         problems.append(f"model.lora_r must be 0 (off) or positive, got {cfg.model.lora_r}")
+    problems += eval_problems(cfg)      # checked before training too, not only when the run is evaluated
     if problems:
         raise UserError("; ".join(problems))
 

@@ -65,7 +65,7 @@ def protocol_examples(cfg: DictConfig, task: Task, protocol: Protocol, data: str
 
 
 # ---- this harness's tasks ----------------------------------------------------------------
-def prompts_for(policy: DiffusionLM, task: Task, protocol: Protocol, examples: list[dict], cfg: DictConfig) -> list[str]:
+def prompts_for(policy: DiffusionLM, task: Task, protocol: Protocol, examples: list[dict]) -> list[str]:
     if protocol.name == "papers":
         if not getattr(policy.tokenizer, "chat_template", None):
             raise UserError("the papers' sudoku / countdown prompts are chat prompts, but the model's tokenizer has no "
@@ -80,7 +80,7 @@ def score(task: Task, protocol: Protocol, completion: str, example: dict) -> dic
         correct, empty = release_eval.sudoku_cells(completion, example)
         return {"correct_cells": correct, "empty_cells": empty, "correct": correct == empty}
     if protocol.name == "papers" and task.name == "countdown":
-        return {"correct": release_eval.countdown_correct(completion, example)}
+        return {"correct": release_eval.countdown_correct(completion, example, protocol.prompts)}
     return task.score(completion, example)
 
 
@@ -147,7 +147,7 @@ def evaluate_model(policy: DiffusionLM, task: Task, protocol: Protocol, examples
             for name, metrics in results.items():
                 by_task.setdefault(name, {})[str(length)] = metrics
     else:
-        prompts = prompts_for(policy, task, protocol, examples, cfg)
+        prompts = prompts_for(policy, task, protocol, examples)
         by_task[task.name] = {str(n): own_task_results(policy, task, protocol, examples, prompts, n, write,
                                                        cfg.task.max_prompt_length)
                               for n in protocol.lengths}
@@ -179,6 +179,9 @@ def evaluate(cfg: DictConfig, ckpt: str | None = None, data: str | None = None, 
     protocol = resolve_protocol(cfg)
     task = task_from_config(cfg.task)
     if protocol.harness == LM_EVAL:
+        if data is not None:
+            raise UserError(f"--data {data}: lm-eval tasks read their own data sets; name a local task file in "
+                            "lm-eval's format instead: eval.lm_eval_tasks=[path/to/task.yaml] (docs/evaluation.md)")
         examples, data_record, data_name = [], {"source": "lm-eval tasks", "tasks": list(protocol.lm_eval_tasks)}, "lm-eval"
     else:
         examples, data_record = protocol_examples(cfg, task, protocol, data)

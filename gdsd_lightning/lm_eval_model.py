@@ -51,6 +51,7 @@ from gdsd_lightning.diffusion.estimators import coupled_elbo, coupled_logprobs
 from gdsd_lightning.diffusion.masking import generator_for, stratified_mask
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.checkpoints import load_policy
+from gdsd_lightning.config import sampler_problems
 from gdsd_lightning.metrics import pass_at_k_mean
 from gdsd_lightning.generation import sample
 from gdsd_lightning.models.adapter import FAMILY_FILE, DiffusionLM
@@ -120,7 +121,10 @@ class DiffusionHarnessLM(LM):
             "kv_cache": bool(kv_cache),
             "kv_refresh_every": None if kv_refresh_every in (None, "") else int(kv_refresh_every),
             "gumbel_dtype": gumbel_dtype})
-        check_sampler(self.sampler)
+        problems = sampler_problems(self.sampler)
+        if problems:
+            raise UserError(f"gdsd_lightning model_args do not fit together (sampler.kind is the model_arg sampler, "
+                            f"sampler.<name> the model_arg <name>): {'; '.join(problems)}")
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1     # "auto": one prompt at a time
         self.seed, self.num_mc, self.mc_batch_size = int(seed), int(num_mc), int(mc_batch_size)
         self.check_greedy = bool(check_greedy)
@@ -227,19 +231,6 @@ def cut_at_stops(tokenizer, text: str, stops: list[str]) -> str:
     return tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
 
 
-def check_sampler(settings) -> None:
-    """One sentence when the sampler model_args do not fit together."""
-    if settings.kind not in ("block", "dream"):
-        raise UserError(f"sampler must be block or dream, got {settings.kind!r}")
-    if settings.gen_length % settings.block_length or settings.steps % (settings.gen_length // settings.block_length):
-        raise UserError(f"block_length ({settings.block_length}) must divide gen_length ({settings.gen_length}) and the "
-                        f"number of blocks must divide steps ({settings.steps})")
-    if not 1 <= settings.steps <= settings.gen_length:
-        raise UserError(f"steps must be in 1..gen_length ({settings.gen_length}), got {settings.steps}")
-    if settings.gumbel_dtype not in ("float64", "model"):
-        raise UserError(f"gumbel_dtype must be float64 or model, got {settings.gumbel_dtype!r}")
-
-
 # ---- the papers' lm-eval tasks, run from `evaluate` ---------------------------------------
 # The metric a task reports (metric, filter), as the GDSD release's summarize_results.py reads it;
 # a task not listed here reports its first metric.
@@ -256,7 +247,7 @@ MINERVA_MEAN = "minerva_math"
 def require_hub_data(specs: list[str]) -> None:
     """Fail in seconds, in one sentence, when a hub task's data set can be neither downloaded nor
     read from the local cache."""
-    from gdsd_lightning.hub import offline_unless_reachable
+    from gdsd_lightning.hub import offline_unless_reachable, unreachable
 
     if offline_unless_reachable():
         return
@@ -268,10 +259,9 @@ def require_hub_data(specs: list[str]) -> None:
         try:
             datasets.load_dataset_builder(*HUB_DATA[spec])
         except (ConnectionError, FileNotFoundError, ValueError):
-            raise UserError(f"lm-eval task {spec} reads {HUB_DATA[spec][0]} from the Hugging Face hub, which is "
-                            "unreachable from this machine, and it is not in the local cache; download it where "
-                            "the hub is reachable, or give a local task file in lm-eval's format instead: "
-                            "eval.lm_eval_tasks=[path/to/task.yaml] (docs/evaluation.md)") from None
+            raise unreachable(f"lm-eval task {spec}'s data set", HUB_DATA[spec][0],
+                              "rerun, or give a local task file in lm-eval's format instead: "
+                              "eval.lm_eval_tasks=[path/to/task.yaml] (docs/evaluation.md)") from None
 
 
 def task_manager(specs: list[str]):

@@ -32,12 +32,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from omegaconf import DictConfig, OmegaConf
 
-from gdsd_lightning.config import PROJECT_ROOT
+from gdsd_lightning.config import PROJECT_ROOT, PROTOCOLS, eval_problems, sampler_problems
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.tasks.release_eval import PROMPT_FAMILIES
 
-PROTOCOLS = ("papers", "experiment")
-CHECKPOINT_RULES = ("final", "best_val", "best_test")
 OWN_HARNESS, LM_EVAL = "gdsd_lightning", "lm-eval"
 MINERVA_SUBJECTS = tuple(f"minerva_math_{s}" for s in ("algebra", "counting_and_prob", "geometry",
                                                        "intermediate_algebra", "num_theory", "prealgebra", "precalc"))
@@ -64,7 +61,6 @@ PAPER_TASKS = {
     "mbpp": PaperTask(LM_EVAL, (256,), 128, CODE_TASKS),
 }
 PAPER_BLOCK_LENGTH = 32
-RELEASE_SUBSET_SEED = 42                    # the releases' init_seed(42) before np.random.choice
 
 
 @dataclass(frozen=True)
@@ -114,17 +110,9 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
     """The protocol an evaluation of `cfg` follows; one sentence naming the key when the settings
     do not fit together."""
     e, s, task = cfg.eval, cfg.sampler, cfg.task.name
-    problems = []
+    problems = eval_problems(cfg)
     if e.protocol not in PROTOCOLS:
-        raise UserError(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got {e.protocol!r}")
-    if e.checkpoint not in CHECKPOINT_RULES:
-        problems.append(f"eval.checkpoint must be one of {', '.join(CHECKPOINT_RULES)}, got {e.checkpoint!r}")
-    if e.prompts not in PROMPT_FAMILIES:
-        problems.append(f"eval.prompts must be one of {', '.join(PROMPT_FAMILIES)}, got {e.prompts!r}")
-    if e.num_samples < 1:
-        problems.append(f"eval.num_samples must be at least 1, got {e.num_samples}")
-    elif e.num_samples > 1 and s.temperature <= 0:
-        problems.append(f"eval.num_samples={e.num_samples} needs sampler.temperature > 0 (greedy samples are identical)")
+        raise UserError("; ".join(problems))
     # every sampler setting but the ones each generation length sets (sampler_at)
     sampler = {key: value for key, value in OmegaConf.to_container(s).items()
                if key not in ("gen_length", "steps", "block_length")} | {"temperature": float(s.temperature)}
@@ -152,26 +140,20 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
         harness, prompts = OWN_HARNESS, f"task prompts ({cfg.task.prompt_style})"
         subset = {"size": e.subset, "seed": e.subset_seed} if e.subset else None
         lm_eval_tasks = ()
-        if e.lm_eval_tasks:
-            problems.append("eval.lm_eval_tasks needs eval.protocol=papers (the experiment protocol scores with the "
-                            "task's own metrics)")
     if s.kind == "dream":
         block = None
+    protocol = Protocol(e.protocol, task, harness, lengths, steps, block, sampler, cfg.seed, e.num_samples,
+                        tuple(e.pass_at or default_pass_at(e.num_samples)) if e.num_samples > 1 else (), e.checkpoint,
+                        prompts, subset, e.num_examples, lm_eval_tasks, e.fewshot, e.num_mc, e.batch_size, notes)
     for n in lengths:
-        if block and n % block:
-            problems.append(f"the block length {block} must divide every generation length (eval.lengths: {list(lengths)})")
-            break
-        if block and steps[n] % (n // block):
-            problems.append(f"{steps[n]} steps at length {n} are not a multiple of its {n // block} blocks (eval.steps)")
-            break
-        if not 1 <= steps[n] <= n:
-            problems.append(f"{steps[n]} steps at length {n}: eval.steps must be in 1..length")
+        at_length = sampler_problems(protocol.sampler_at(n))
+        if at_length:
+            problems.append(f"at generation length {n} (eval.lengths, eval.steps, eval.block_length): "
+                            + "; ".join(at_length))
             break
     if problems:
         raise UserError("; ".join(problems))
-    return Protocol(e.protocol, task, harness, lengths, steps, block, sampler, cfg.seed, e.num_samples,
-                    tuple(e.pass_at or default_pass_at(e.num_samples)) if e.num_samples > 1 else (), e.checkpoint,
-                    prompts, subset, e.num_examples, lm_eval_tasks, e.fewshot, e.num_mc, e.batch_size, notes)
+    return protocol
 
 
 # ---- where a number was computed ---------------------------------------------------------

@@ -15,6 +15,7 @@ from gdsd_lightning.config import PROJECT_ROOT
 from gdsd_lightning.errors import UserError
 
 FINAL_MODEL = "final"
+INTERRUPTED_CHECKPOINT = "interrupted"   # checkpoints/interrupted.ckpt, written on SIGTERM or an error
 
 
 def runs_root(cfg: DictConfig) -> Path:

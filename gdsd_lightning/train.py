@@ -31,10 +31,8 @@ from gdsd_lightning.errors import TrainingStopped
 from gdsd_lightning.hub import wandb_reachable
 from gdsd_lightning.models.build import MissingBaseModel, build_policy
 from gdsd_lightning.module import DiffusionRLModule, SFTModule
-from gdsd_lightning.runs import FINAL_MODEL, create_run_dir, require_file
+from gdsd_lightning.runs import FINAL_MODEL, INTERRUPTED_CHECKPOINT, create_run_dir, require_file
 from gdsd_lightning.tasks import task_from_config
-
-INTERRUPTED_CHECKPOINT = "interrupted"   # checkpoints/interrupted.ckpt, written on SIGTERM or an error
 
 
 def train(cfg: DictConfig) -> Path:

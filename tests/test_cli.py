@@ -74,6 +74,13 @@ def test_an_unknown_logger_is_refused_with_the_choices():
         load_experiment("gdsd_tiny_sudoku", ["trainer.logger=tensorboard,mlflow"])
 
 
+def test_every_make_target_is_phony():
+    """No target names a file, so a stray file called `test` or `smoke-real` never silences one."""
+    makefile = (PROJECT_ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):(?!=)", makefile, re.M))
+    assert targets == set(re.search(r"^\.PHONY: (.*)$", makefile, re.M).group(1).split())
+
+
 def test_the_package_import_graph_has_no_cycle():
     """Every import of a gdsd_lightning module, at module level or inside a function, is an edge;
     graphlib refuses a cycle (the training routine once lived in cli.py and compare imported it back)."""

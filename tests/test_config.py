@@ -44,9 +44,12 @@ def test_wrong_type_names_the_key():
     ("trainer.val_every_n_steps=6 method.num_iterations=4", "multiple of method.num_iterations"),
     ("rollout.num_generations=1", "at least 2"),
     ("sampler.fast_threshold=0.9 sampler.remasking=random", "needs sampler.remasking=low_confidence"),
+    ("sampler.remasking=confidence", "sampler.remasking must be 'low_confidence' or 'random'"),
     ("sampler.kv_cache=true sampler.kind=dream", "fast mode exists for the block sampler only"),
     ("sampler.kv_refresh_every=2", "needs sampler.kv_cache=true"),
     ("sampler.kv_cache=true sampler.kv_refresh_every=0", "kv_refresh_every must be a positive number"),
+    ("eval.checkpoint=best", "eval.checkpoint must be one of"),                   # eval keys, before training
+    ("eval.num_samples=0", "eval.num_samples must be at least 1"),
 ])
 def test_impossible_combinations_are_refused(override, phrase):
     with pytest.raises(UserError, match=phrase):

@@ -2,7 +2,6 @@
 clamped top-k divergence, the per-row chunks, the gate's zero-loss steps and pass@k."""
 
 import math
-import zlib
 
 import pytest
 import torch

@@ -19,6 +19,7 @@ from gdsd_lightning.evaluate import evaluate, pick_best_on_test
 from gdsd_lightning.metrics import pass_at_k, pass_at_k_mean
 from gdsd_lightning.protocol import MINERVA_SUBJECTS, resolve_protocol
 from gdsd_lightning.tasks import release_eval
+from gdsd_lightning.tasks.countdown import arithmetic_value
 from tests.conftest import SMALL, make_tiny
 
 SUDOKU_ROWS = [("3102200002100320", "3142243142131324"), ("0140432014020000", "2143432114323214"),
@@ -75,17 +76,30 @@ def test_sudoku_cells_count_the_empty_cells_only():
     ("<answer>30 \\times 1 - (100-93)</answer>", False),                  # an extra number
 ])
 def test_countdown_extraction_and_check(completion, correct):
-    assert release_eval.countdown_correct(completion, COUNTDOWN) is correct
+    assert release_eval.countdown_correct(completion, COUNTDOWN, "gdsd") is correct
+
+
+@pytest.mark.parametrize("completion, gdsd, d1", [
+    ("30-(100-93)", True, True),                                          # no tag: the whole text for both
+    ("<answer>30-(100-93)</answer>", True, False),                        # GDSD: the tag; d1: the whole text
+    ("\\fbox{30+100} <answer>30-(100-93)</answer>", True, False),         # d1 reads the \fbox{...} as is
+    ("\\fbox{30-(100-93)} <answer>30+100+93</answer>", False, False),     # ... which is no arithmetic
+    ("<answer>\\boxed{30-(100-93)}</answer>", True, True),                 # boxed: the same for both
+    ("<answer>30-(100-93)</answer> \\boxed{", True, True),                 # unclosed box: the tag for both
+])
+def test_countdown_unboxed_answers_read_by_each_familys_release(completion, gdsd, d1):
+    assert release_eval.countdown_correct(completion, COUNTDOWN, "gdsd") is gdsd
+    assert release_eval.countdown_correct(completion, COUNTDOWN, "d1") is d1
 
 
 def test_countdown_values_follow_python_arithmetic_without_eval():
-    assert release_eval.expression_value("2**3//3") == 2                   # what eval() gives
-    assert release_eval.expression_value("-(3)+10/4") == pytest.approx(-0.5)
-    assert release_eval.expression_value("__import__('os')") == float("inf")
-    assert release_eval.expression_value("3(4)") == float("inf")
-    assert release_eval.countdown_correct("<answer>2**2+1</answer>", {"input": "2,2,1", "output": "5"})
-    assert release_eval.countdown_correct("<answer>5*2/2</answer>", {"input": "2,2,5", "output": "5"})
-    assert not release_eval.countdown_correct("<answer>5/(2-2)</answer>", {"input": "2,2,5", "output": "5"})
+    assert arithmetic_value("2**3//3") == 2                                # what eval() gives
+    assert arithmetic_value("-(3)+10/4") == pytest.approx(-0.5)
+    assert arithmetic_value("__import__('os')") is None
+    assert arithmetic_value("3(4)") is None
+    assert release_eval.countdown_correct("<answer>2**2+1</answer>", {"input": "2,2,1", "output": "5"}, "gdsd")
+    assert release_eval.countdown_correct("<answer>5*2/2</answer>", {"input": "2,2,5", "output": "5"}, "gdsd")
+    assert not release_eval.countdown_correct("<answer>5/(2-2)</answer>", {"input": "2,2,5", "output": "5"}, "gdsd")
 
 
 def test_release_prompts_are_chat_prompts_with_the_reasoning_prefill(tiny_llada):
@@ -124,7 +138,8 @@ def test_the_papers_protocol_per_task():
 
 @pytest.mark.parametrize("overrides, phrase", [
     (["eval.num_samples=4"], "needs sampler.temperature > 0"),
-    (["eval.lengths=[48]"], "block length 32 must divide"),
+    (["eval.lengths=[48]"], r"at generation length 48 .*: sampler.block_length \(32\) must divide"),
+    (["eval.steps=3"], r"at generation length 128 .*: sampler.steps \(3\) must be a multiple of the number of blocks"),
     (["eval.checkpoint=best"], "eval.checkpoint must be one of final, best_val, best_test"),
     (["eval.protocol=paper"], "eval.protocol must be one of papers, experiment"),
 ])
@@ -204,7 +219,12 @@ def test_checkpoint_rules_choose_among_a_runs_models(tmp_path):
     cfg = load_experiment("tiny_sudoku_sft")
     labels = lambda rule: [r.label for r in models_for_rule(cfg, str(run), rule)[0]]   # noqa: E731
     assert labels("final") == ["final"] and labels("best_val") == ["best.ckpt"]
-    assert labels("best_test") == ["final", "best.ckpt", "step2.ckpt"]       # step4 = the final model's weights
+    (run / "checkpoints" / "interrupted.ckpt").write_bytes(b"")
+    # step4 holds the final model's weights, best.ckpt step2's: each evaluated once
+    assert labels("best_test") == ["final", "best.ckpt"]
+    (run / "checkpoints" / "step6.ckpt").write_bytes(b"")
+    (run / "summary.json").write_text(json.dumps({"steps": 6, "best_step": 6}))
+    assert labels("best_test") == ["final", "step2.ckpt", "step4.ckpt"]       # best = last = the final model
     (run / "summary.json").write_text(json.dumps({"steps": 4, "best_step": 0}))
     assert models_for_rule(cfg, str(run), "best_val")[0][0].source is None   # the starting model
     with pytest.raises(UserError, match="chooses among a run's checkpoints"):
@@ -267,6 +287,11 @@ def test_gsm8k_and_code_go_through_lm_eval_with_local_task_files(tmp_path):
     assert rows[0]["prompt"].startswith("Q: ") and isinstance(rows[0]["completion"], str)
 
 
+def test_lm_eval_tasks_refuse_a_data_file():
+    with pytest.raises(UserError, match="^--data x.jsonl: lm-eval tasks read their own data sets"):
+        evaluate(load_experiment("gdsd_llada_gsm8k"), None, "x.jsonl")
+
+
 def test_sandboxed_code_tasks_score_in_our_sandbox():
     from gdsd_lightning.lm_eval_tasks.sandboxed_code import humaneval_problems, humaneval_results, mbpp_results, mbpp_shots
 
@@ -278,6 +303,25 @@ def test_sandboxed_code_tasks_score_in_our_sandbox():
     assert mbpp_results(doc, ["def add(a, b):\n    return a * b"]) == {"pass@1": 0.0}
     shots = mbpp_shots([{"task_id": i, "code": f"c{i}"} for i in (5, 4, 1, 3, 2)])
     assert [s["task_id"] for s in shots] == [2, 3, 4] and all(s["is_fewshot"] for s in shots)
+
+
+ALWAYS_EQUAL = "class Always:\n    def __eq__(self, other):\n        return True\n"
+
+
+def test_sandboxed_code_tasks_fail_early_exits_and_always_equal_answers():
+    """The lm-eval code tasks' verdict is the judge's: a program that exits before or during its
+    tests, or answers with an object equal to everything, fails."""
+    from gdsd_lightning.lm_eval_tasks.sandboxed_code import humaneval_problems, humaneval_results, mbpp_results
+
+    problem = humaneval_problems()["test"][0]
+    always = "    " + ALWAYS_EQUAL.replace("\n", "\n    ") + "return Always()\n"
+    for body in ("    return 0\nimport os\nos._exit(0)", "    return 0\nimport sys\nsys.exit(0)", always):
+        assert humaneval_results(problem, [body]) == {"pass@1": 0.0}, body
+    doc = {"test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0"],
+           "code": "def add(a, b):\n    return a + b"}
+    for program in ("def add(a, b): return 0\nimport os; os._exit(0)", "def add(a, b): return 0\nimport sys; sys.exit(0)",
+                    ALWAYS_EQUAL + "def add(a, b):\n    return Always()"):
+        assert mbpp_results(doc, [program]) == {"pass@1": 0.0}, program
 
 
 def test_sandboxed_tasks_keep_lm_eval_prompts():
@@ -314,7 +358,8 @@ def test_a_hub_task_offline_fails_in_seconds_with_one_sentence(tmp_path, monkeyp
         main(["eval", "gdsd_llada_gsm8k", "extends=_base/cpu_smoke.yaml", "--ckpt", str(tmp_path / "model")])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
-    assert "gsm8k_cot reads gdsd-lightning-tests/never-cached from the Hugging Face hub" in err
+    assert "cannot load lm-eval task gsm8k_cot's data set 'gdsd-lightning-tests/never-cached': the Hugging Face " \
+           "hub is unreachable" in err
     assert "eval.lm_eval_tasks=[path/to/task.yaml]" in err
     assert time.monotonic() - start < 15
 
@@ -329,6 +374,18 @@ def test_generate_until_cuts_at_stop_sequences_and_drops_special_tokens(tiny_lla
     request = type("Request", (), {"args": ("Q: 1+1?\nA:", {"until": ["Q:"]})})
     texts = lm.generate_until([request, request, request], disable_tqdm=True)
     assert len(texts) == 3 and texts[0] == texts[2] and "<eos>" not in texts[0]   # greedy: the same prompt, the same text
+
+
+@pytest.mark.parametrize("model_args, phrase", [
+    ({"fast_threshold": 0.9, "remasking": "random"}, "fast_threshold ranks by confidence"),
+    ({"sampler": "dream", "kv_cache": True}, "fast mode exists for the block sampler only"),
+    ({"gen_length": 8, "steps": 4, "block_length": 3}, r"sampler.block_length \(3\) must divide"),
+])
+def test_lm_eval_model_args_get_the_experiments_sampler_rules(tiny_llada, model_args, phrase):
+    from gdsd_lightning.lm_eval_model import DiffusionHarnessLM
+
+    with pytest.raises(UserError, match=f"model_args do not fit together.*{phrase}"):
+        DiffusionHarnessLM(policy=tiny_llada, **model_args)
 
 
 def test_lora_checkpoints_load_as_saved_here_or_as_adapter_directories(tmp_path):

@@ -5,7 +5,6 @@ from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion import sampler as sampler_module
 from gdsd_lightning.diffusion.sampler import (block_sample, dream_sample, gumbel_argmax, neg_entropy, proposal_logits,
                                              split_evenly, start_sequence, top_k_mask, top_p_filter, uniform_at)
-from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from tests.conftest import make_tiny
 

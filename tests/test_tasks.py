@@ -214,6 +214,8 @@ def test_countdown_reads_the_hub_rows_and_keeps_three_numbers():
         {"input": "30,100,93", "output": "23"}, {"input": "5,6,7", "output": "18"}]
     assert task.reward("<answer>30-(100-93)</answer>", rows[0]) == 1.0          # a raw hub row scores too
     assert "Using only the numbers [30, 100, 93]" in task.question(rows[0])
+    with pytest.raises(UserError, match="no test split of its own; set task.test_path to a JSONL, CSV or Parquet file"):
+        task.load_hub("test")
 
 
 def test_published_sudoku_csv_keeps_its_leading_zeros(tmp_path, monkeypatch):

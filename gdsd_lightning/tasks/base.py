@@ -30,7 +30,6 @@ from typing import Iterable
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.hub import offline_unless_reachable, unreachable
 
-ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 CLOSED_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 PROMPT_STYLES = ("plain", "chat")
@@ -111,7 +110,7 @@ class Task(ABC):
         source = self.hub.source(split) if self.hub else None
         if source is None:
             raise UserError(f"task {self.name} has no {split} split of its own; set task.{split}_path "
-                            f"to a JSONL or Parquet file")
+                            f"to a JSONL, CSV or Parquet file")
         dataset_id, config, expression = source
         import datasets
 
@@ -127,7 +126,7 @@ class Task(ABC):
         except (ConnectionError, FileNotFoundError):
             if online:
                 raise
-            raise unreachable("data set", name, f"set task.{split}_path to a local JSONL or Parquet file") from None
+            raise unreachable("data set", name, f"set task.{split}_path to a local JSONL, CSV or Parquet file") from None
         return self.validated(enumerate(rows, start=1), f"{name} [{expression}]", "row")
 
     def validated(self, rows: Iterable[tuple[int, dict]], source: str, unit: str) -> list[dict]:
@@ -172,12 +171,6 @@ class Task(ABC):
         """The reference completion in this task's prompt style, used for SFT."""
 
     # ---- scoring ------------------------------------------------------------------------
-    @staticmethod
-    def extract_answer(completion: str) -> str:
-        """Text inside the last `<answer>` tag if present, else the whole completion."""
-        tagged = ANSWER_TAG.findall(completion)
-        return (tagged[-1] if tagged else completion).strip()
-
     @abstractmethod
     def reward(self, completion: str, example: dict) -> float:
         """Training reward of one completion."""

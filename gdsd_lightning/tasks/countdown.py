@@ -12,7 +12,7 @@ parsed with `ast` and computed node by node, never `eval`ed.
 Plain style (the tiny models, no tags): the whole completion is the answer, and the 0.1 also
 needs it to be an arithmetic expression (else 0), so the format credit still means something.
 The releases' evaluation scripts and d-OPSD's gate (release="dopsd") read a \\boxed{} answer
-instead: see `boxed_correct`.
+instead: see `boxed_expression`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from gdsd_lightning.tasks.base import ANSWER_FORMAT, CLOSED_ANSWER_TAG, HubSplit
 from gdsd_lightning.tasks.math_answers import NotNormalisable, last_boxed, unbox
 
 ARITHMETIC_TEXT = re.compile(r"^[\d+\-*/().\s]+$")
+EQUATION = re.compile(r"([0-9+\-*/() ]+)=[0-9. ]+")   # `expr = number`, as the releases' parsers cut it
 SYMBOLS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 # An integer power whose value would need more bits than this is not computed: the release's eval
 # would spend minutes and all memory on it, and no such number is within 1e-5 of a target.
@@ -106,25 +107,45 @@ def reaches(value, target: int) -> bool:
         return False
 
 
-def boxed_correct(completion: str, numbers: list[int], target: int) -> bool:
-    """The releases' evaluation check (GDSD eval/parse_and_get_acc.py:82-107), d-OPSD's gate too
-    (d-opsd/utils.py:405-432): the content of the last \\boxed{} (failing that, the first closed
-    answer tag, else the whole completion; the whole completion too when it has no \\boxed at all),
-    with \\div \\times \\cdot turned into / * *, cut before an "=number" suffix, must use exactly the
-    numbers and reach the target."""
+def correct_expression(expression: str, numbers: list[int], target: int) -> bool:
+    """`expression` uses exactly `numbers` and its value is within 1e-5 of `target`."""
+    if not uses_exactly(expression, numbers):
+        return False
+    value = arithmetic_value(expression)
+    return value is not None and reaches(value, target)
+
+
+def boxed_expression(completion: str, whole_if_unboxed: bool = False) -> str:
+    """The expression the releases' \\boxed{} parsers read: the content of the last \\boxed{...} (or
+    of "\\boxed " up to a '$'), else the first closed answer tag, else the whole completion; then
+    \\div \\times \\cdot made / * * and an `expr = number` cut to `expr`.
+
+    They differ on a completion without a \\boxed{...}, where last_boxed_only_string returns the
+    whole text (or its last \\fbox{...}):
+    - whole_if_unboxed=False, GDSD's evaluation (eval/parse_and_get_acc.py:82-92): its remove_boxed
+      (eval/parse_utils.py:46-60) raises, so the answer tag is read;
+    - whole_if_unboxed=True, d1's evaluation (eval/parse_and_get_acc.py:219-229) and d-OPSD's gate
+      (d-opsd/utils.py:405-420): their remove_boxed (d1 eval/parser_helper.py:46-60) returns the
+      text unchanged, so `<answer>2*4-3</answer>` is read whole."""
+    boxed = last_boxed(completion)
+    if not whole_if_unboxed and boxed is not None and not boxed.startswith(("\\boxed{", "\\boxed ")):
+        boxed = None
     try:
-        equation = unbox(last_boxed(completion), strict=True)
+        expression = unbox(boxed, strict=True)
     except NotNormalisable:
         tagged = CLOSED_ANSWER_TAG.search(completion)
-        equation = tagged.group(1).strip() if tagged else completion
-    equation = equation.replace("\\div", "/").replace("\\times", "*").replace("\\cdot", "*")
-    before_equals = re.search(r"([0-9+\-*/() ]+)=[0-9. ]+", equation)
-    if before_equals:
-        equation = before_equals.group(1).strip()
-    if not uses_exactly(equation, numbers):
-        return False
-    value = arithmetic_value(equation.strip()) if ARITHMETIC_TEXT.match(equation) else None
-    return value is not None and reaches(value, target)
+        expression = tagged.group(1).strip() if tagged else completion
+    expression = expression.replace("\\div", "/").replace("\\times", "*").replace("\\cdot", "*")
+    equation = EQUATION.search(expression)
+    return equation.group(1).strip() if equation else expression
+
+
+def boxed_correct(completion: str, numbers: list[int], target: int, whole_if_unboxed: bool = False) -> bool:
+    """The releases' \\boxed{} check: GDSD's evaluation (eval/parse_and_get_acc.py:82-109), or with
+    `whole_if_unboxed` d1's evaluation (:219-246) and d-OPSD's gate (d-opsd/utils.py:405-431). The
+    `boxed_expression`, stripped (as all three evaluate it), uses exactly the numbers and reaches
+    the target."""
+    return correct_expression(boxed_expression(completion, whole_if_unboxed).strip(), numbers, target)
 
 
 class Countdown(Task):
@@ -187,15 +208,11 @@ class Countdown(Task):
 
     def solves(self, expression: str, example: dict) -> bool:
         """`expression` uses exactly the given numbers and reaches the target."""
-        numbers, target = self.problem(example)
-        if not uses_exactly(expression, numbers):
-            return False
-        value = arithmetic_value(expression)
-        return value is not None and reaches(value, target)
+        return correct_expression(expression, *self.problem(example))
 
     def reward(self, completion: str, example: dict) -> float:
         if self.release == "dopsd" and not self.plain:
-            return float(boxed_correct(completion, *self.problem(example)))
+            return float(boxed_correct(completion, *self.problem(example), whole_if_unboxed=True))
         answer = completion.strip() if self.plain else last_closed_answer(completion)
         if answer is None:
             return 0.0

@@ -108,7 +108,10 @@ def run_tests(program: str, tests: list[str], limits: Limits = Limits(), context
 
 
 def run_python(source: str, limits: Limits = Limits()) -> Execution:
-    """Run `source` as a script in the sandbox; passed if it exited with status 0 in time."""
+    """Run `source` as a script in the sandbox and report how it ended and what it printed (passed:
+    exit status 0 in time). For running code under the sandbox's protections (its own tests probe
+    them with it), never for judging it: a program can exit 0 before its tests ran; judge with
+    `run_tests`."""
     return script(source, limits, isolation())
 
 

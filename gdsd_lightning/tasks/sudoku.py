@@ -128,6 +128,19 @@ def patterned_answer(completion: str) -> str:
     return ""
 
 
+def padded_grid(answer: str) -> str:
+    """An answer cut or padded with '0' to 16 characters, as every release reads it ('' stays '')."""
+    return answer[:16].ljust(16, "0") if answer else ""
+
+
+def filled_cells(answer: str, example: dict) -> tuple[int, int]:
+    """(the puzzle's empty cells that the `padded_grid` of `answer` fills with the solution's digit,
+    the puzzle's empty cells)."""
+    grid, puzzle, solution = padded_grid(answer), example["Puzzle"], example["Solution"]
+    empty = [i for i, p in enumerate(puzzle) if p == "0"]
+    return sum(grid[i] == solution[i] for i in empty) if grid else 0, len(empty)
+
+
 class Sudoku(Task):
     name = "sudoku"
     hub = HubSplits("csv", None, train="train[:-256]", val="train[-256:]", data_files=UNIQUE_PUZZLES,
@@ -177,12 +190,8 @@ class Sudoku(Task):
         return "".join(c for c in text if c.isdigit())
 
     def cell_accuracy(self, completion: str, example: dict) -> float:
-        answer, puzzle, solution = self.answer(completion), example["Puzzle"], example["Solution"]
-        if not answer:
-            return 0.0
-        answer = answer[:16].ljust(16, "0")
-        empty = [i for i, p in enumerate(puzzle) if p == "0"]
-        return sum(answer[i] == solution[i] for i in empty) / len(empty)
+        correct, empty = filled_cells(self.answer(completion), example)
+        return correct / empty
 
     def reward(self, completion: str, example: dict) -> float:
         return self.cell_accuracy(completion, example)
