@@ -80,8 +80,8 @@ def test_command_line_extends_merges_a_file_before_the_overrides():
 def test_compare_gives_every_method_the_shared_schedule_and_keeps_each_methods_own_settings():
     from gdsd_lightning.compare import SHARED_SCHEDULE
 
-    demo = load_experiment("gdsd_tiny_sudoku")                     # `make train`'s own, longer schedule
-    assert demo.trainer.max_steps == 600 and demo.optim.scheduler == "cosine"
+    demo = load_experiment("gdsd_tiny_sudoku")                     # `make train`'s default
+    assert demo.method.beta == 0.05 and demo.optim.scheduler == "cosine"
     compared = {m: load_experiment(f"{m}_tiny_sudoku", [SHARED_SCHEDULE, "extends=_base/cpu_smoke.yaml"])
                 for m in ("gdsd", "diffu_grpo", "spg", "dopsd")}
     schedules = {m: (c.optim, c.trainer.max_steps) for m, c in compared.items()}
