@@ -446,9 +446,15 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
         "collapsed": r.collapsed(metric), "stopped": r.stopped or ""} for r in results])
     write_csv(out_dir / "compare.csv", rows)
     plot(results, rows, sweep, metric, base, task, out_dir)
-    cfg = load_experiment(next(iter(experiments.values())), overrides)
+    # the rollout settings most methods share; the methods that keep their own are named
+    rollouts = {m: load_experiment(e, overrides).rollout for m, e in experiments.items()}
+    setting = {m: (r.num_generations, r.passk, r.temperature) for m, r in rollouts.items()}
+    common = statistics.mode(setting.values())
+    cfg = load_experiment(next(e for m, e in experiments.items() if setting[m] == common), overrides)
+    differ = [f"{m}: {g} x passk {k} at T = {t}" for m, (g, k, t) in setting.items() if (g, k, t) != common]
     settings = (f"{seeds} seed(s) per method; {cfg.trainer.max_rollouts or cfg.trainer.max_steps} rollouts of "
-                f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} completions at T = {cfg.rollout.temperature} "
+                f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} completions at T = {cfg.rollout.temperature}"
+                f"{' (' + '; '.join(differ) + ')' if differ else ''}, mu = {cfg.method.num_iterations} "
                 f"({cfg.optim.scheduler} lr after {cfg.optim.warmup_steps} warm-up steps); test split greedy; "
                 f"headline metric `{metric}`; SFT base test {', '.join(f'{k} {v}' for k, v in (base or {}).items())}; "
                 f"target for `rollouts_to_target`: val {metric} {base_val:.3f} + {TARGET_GAIN}")
