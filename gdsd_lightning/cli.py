@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     p_report.add_argument("--out", default="results/report", help="output directory (default: results/report)")
     p_compare = command("compare", "every RL method on one tiny task: a one-seed lr sweep, seeds at the chosen lr, "
                         "table and plots", "[--task T] [--seeds N] [--methods a,b] [--lrs x,y] [--mu shared|recipe] "
-                        "[--out D] [key=value ...]",
+                        "[--jobs N] [--out D] [key=value ...]",
                         "Finished runs with the same resolved config are reused. Writes <out>/<task>/compare.{csv,md},\n"
                         "sweep.csv, runs.csv, curves.png, test_accuracy.png, sweep.png.")
     p_compare.add_argument("--task", default="sudoku", help="sudoku or countdown (default: sudoku)")
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                                          "(default: compare.SWEEP_LRS)")
     p_compare.add_argument("--mu", default="shared", choices=["shared", "recipe"],
                            help="shared: mu = 1 for every method; recipe: each method's recipe mu at the chosen lr")
+    p_compare.add_argument("--jobs", type=int, default=1,
+                           help="runs trained side by side, one torch thread each (default: 1; 2 on a 2-core machine)")
     p_compare.add_argument("--out", default="results", help="output directory (default: results)")
     p_bench = command("bench", "sampler throughput, loss-step time and memory; MFU with --device cuda",
                       "[--quick] [--device cpu|cuda] [--out D] [--peak-tflops F]")
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                 lrs = [float(lr) for lr in args.lrs.split(",")] if args.lrs else None
             except ValueError:
                 raise UserError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
-            compare(args.task, args.seeds, methods, args.out, args.overrides, lrs, args.mu)
+            compare(args.task, args.seeds, methods, args.out, args.overrides, lrs, args.mu, args.jobs)
         elif args.command == "bench":
             from gdsd_lightning.bench import bench
 

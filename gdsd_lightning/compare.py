@@ -393,17 +393,42 @@ def chosen_lrs(out_dir: Path) -> dict[str, float]:
     return {row["method"]: float(row["lr"]) for row in csv.DictReader(open(sweep_file)) if row["chosen"] == "True"}
 
 
+def one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
+    """run_one(*args) for every args of `runs`, in order; with jobs > 1 in that many worker
+    processes of one torch thread each (on a few cores, single-threaded runs side by side finish
+    sooner than one run at a time on all threads). The first run goes alone: it trains the base
+    model when that is missing, which the others then find."""
+    if jobs <= 1 or len(runs) <= 1:
+        return [run_one(*args) for args in runs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    first = run_one(*runs[0])
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
+        return [first, *pool.map(run_one, *zip(*runs[1:]))]
+
+
 def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = "results",
-            overrides: list[str] | None = None, lrs: list[float] | None = None, mu: str = "shared") -> Path:
-    """Sweep, choose, train (or reuse) and evaluate every method x seed; write the tables and
-    plots; returns the output dir."""
+            overrides: list[str] | None = None, lrs: list[float] | None = None, mu: str = "shared",
+            jobs: int = 1) -> Path:
+    """Sweep, choose, train (or reuse) and evaluate every method x seed (`jobs` runs at a time);
+    write the tables and plots; returns the output dir."""
     user_overrides = list(overrides or [])
     lrs = sorted(lrs or SWEEP_LRS)
     command = " ".join(["python -m gdsd_lightning compare", f"--task {task} --seeds {seeds}",
                         f"--lrs {','.join(f'{lr:g}' for lr in lrs)}", *([f"--mu {mu}"] if mu != "shared" else []),
+                        *([f"--jobs {jobs}"] if jobs > 1 else []),
                         *user_overrides])
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     if mu not in ("shared", "recipe"):
         raise UserError(f"--mu must be 'shared' (mu = 1 for every method) or 'recipe', got {mu!r}")
     overrides = [SHARED_SCHEDULE, *user_overrides]
@@ -413,19 +438,21 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     sweep, results, reasons = [], [], {}
     if mu == "recipe":
         picked = chosen_lrs(Path(out) / task)
-        for method, experiment in experiments.items():
-            if method not in picked:
-                raise UserError(f"the mu = 1 comparison in {Path(out) / task} has no chosen lr for {method}")
-            extra = recipe_mu_overrides(experiment, overrides)
-            results += [run_one(method, experiment, picked[method], s, [*overrides, *extra]) for s in range(seeds)]
-            reasons[method] = f"the lr the mu = 1 sweep chose; {extra[0]}"
+        missing = [m for m in experiments if m not in picked]
+        if missing:
+            raise UserError(f"the mu = 1 comparison in {Path(out) / task} has no chosen lr for {', '.join(missing)}")
+        extra = {m: recipe_mu_overrides(e, overrides) for m, e in experiments.items()}
+        results = run_all([(m, e, picked[m], s, [*overrides, *extra[m]]) for m, e in experiments.items()
+                           for s in range(seeds)], jobs)
+        reasons = {m: f"the lr the mu = 1 sweep chose; {extra[m][0]}" for m in experiments}
         out_dir = Path(out) / f"{task}_recipe_mu"
     else:
-        for method, experiment in experiments.items():
-            tried = [run_one(method, experiment, lr, 0, overrides) for lr in lrs]
-            chosen, reasons[method] = choose_lr(tried, metric)
-            sweep += tried
-            results += [chosen] + [run_one(method, experiment, chosen.lr, s, overrides) for s in range(1, seeds)]
+        sweep = run_all([(m, e, lr, 0, overrides) for m, e in experiments.items() for lr in lrs], jobs)
+        chosen = {}
+        for method in experiments:
+            chosen[method], reasons[method] = choose_lr([r for r in sweep if r.method == method], metric)
+        more = run_all([(m, e, chosen[m].lr, s, overrides) for m, e in experiments.items() for s in range(1, seeds)], jobs)
+        results = [r for m in experiments for r in [chosen[m], *(r for r in more if r.method == m)]]
         out_dir = Path(out) / task
     base = base_metrics(next(iter(experiments.values())), overrides)
     base_val = statistics.fmean(r.val(metric)[0] for r in results)

@@ -106,10 +106,10 @@ def test_every_baseline_trains_with_old_and_reference_roles(tmp_path, varied_rew
     assert summary["steps"] == 4 and all(a == a for _, a in summary["val_accuracy"])
 
 
-def test_compare_sweeps_chooses_writes_the_tables_and_plots_and_reuses_finished_runs(tmp_path, varied_reward, capsys):
+def test_compare_sweeps_chooses_writes_the_tables_and_plots_and_reuses_finished_runs(tmp_path, varied_reward, capfd):
     import csv
 
-    args = ["compare", "--task", "sudoku", "--seeds", "2", "--methods", "gdsd,wd1", "--lrs", "1e-3,1e-2",
+    args = ["compare", "--task", "sudoku", "--seeds", "2", "--methods", "gdsd,wd1", "--lrs", "1e-3,1e-2", "--jobs", "2",
             "--out", str(tmp_path / "results"), *rl_overrides(tmp_path, 2)]
     main(args)
     out = tmp_path / "results" / "sudoku"
@@ -132,10 +132,10 @@ def test_compare_sweeps_chooses_writes_the_tables_and_plots_and_reuses_finished_
     assert "| gdsd |" in report and "Chosen learning rates" in report
     run_dirs = sorted((tmp_path / "runs").glob("*/lr*"))
     assert len(run_dirs) == 6                                   # 2 lrs at seed 0 + seed 1 at the chosen lr, per method
-    capsys.readouterr()
+    capfd.readouterr()
     main(args)
     assert sorted((tmp_path / "runs").glob("*/lr*")) == run_dirs
-    assert capsys.readouterr().out.count("[compare] reusing") == 6
+    assert capfd.readouterr().out.count("[compare] reusing") == 6
 
 
 def test_the_warm_up_starts_from_a_zero_learning_rate_as_the_releases_schedules_do(tmp_path):
