@@ -6,8 +6,9 @@ its own one-seed sweep on val chose, then over seeds; one table and the plots.
         choose the lr whose run ends with the best val <headline> (mean of its last two
             evaluations) among the sweep runs that did not collapse (ties: the smaller lr)
         seeds 1 .. N-1 at the chosen lr (seed 0 is the sweep's run)
-    every run: reuse a finished run with the same resolved config, or train one; evaluate its
-    final model and its best-by-val checkpoint on the test split (greedy)
+    every run: reuse a finished run with the same resolved config, or train one (`--jobs N`: N
+    at a time, one torch thread each); evaluate its final model and its best-by-val checkpoint
+    on the test split (greedy)
     -> <out>/<task>/sweep.csv    one row per (method, lr): the val figures the choice used
        <out>/<task>/runs.csv     one row per (method, seed) at the chosen lr
        <out>/<task>/compare.csv  one row per method: test accuracy and <headline> mean/std, the
@@ -192,6 +193,8 @@ def run_one(method: str, experiment: str, lr: float, seed: int, overrides: list[
             run_dir = finished_run(cfg)
     else:
         print(f"[compare] reusing {run_dir}", flush=True)
+    if run_dir.is_absolute() and run_dir.is_relative_to(Path.cwd()):
+        run_dir = run_dir.relative_to(Path.cwd())       # the tables name runs as `make` users see them
     summary = json.loads((run_dir / "summary.json").read_text())
     best_ckpt = run_dir / "checkpoints" / "best.ckpt"
     final = test_metrics(cfg, run_dir / FINAL_MODEL, run_dir / "test" / "final")
@@ -203,14 +206,19 @@ def run_one(method: str, experiment: str, lr: float, seed: int, overrides: list[
                      rollout_curves(run_dir, summary["fit_started"]), summary.get("stopped"))
 
 
-def base_metrics(experiment: str, overrides: list[str]) -> dict[str, float] | None:
-    """Test metrics of the SFT base every method starts from (None when there is no base)."""
-    cfg = load_experiment(experiment, overrides)
-    base = cfg.model.init_from
+def base_model(experiment: str, overrides: list[str]) -> tuple[DictConfig, Path | None] | None:
+    """The config of the SFT base `experiment` starts from and its newest final model (None when
+    not trained yet); None when the experiment has no base."""
+    base = load_experiment(experiment, overrides).model.init_from
     if base is None:
         return None
     base_cfg = load_experiment(base, [o for o in overrides if o.split("=")[0] in ("runs_dir", "task.data_dir")])
-    final = latest_final_model(base_cfg.runs_dir, base)
+    return base_cfg, latest_final_model(base_cfg.runs_dir, base)
+
+
+def base_metrics(experiment: str, overrides: list[str]) -> dict[str, float] | None:
+    """Test metrics of the SFT base every method starts from (None when there is no base)."""
+    base_cfg, final = base_model(experiment, overrides) or (None, None)
     return test_metrics(base_cfg, final, final.parent / "test" / "final") if final else None
 
 
@@ -402,16 +410,18 @@ def one_thread() -> None:
 def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
     """run_one(*args) for every args of `runs`, in order; with jobs > 1 in that many worker
     processes of one torch thread each (on a few cores, single-threaded runs side by side finish
-    sooner than one run at a time on all threads). The first run goes alone: it trains the base
-    model when that is missing, which the others then find."""
+    sooner than one run at a time on all threads). When the base model is missing the first run
+    goes alone: it trains the base, which the others then find."""
     if jobs <= 1 or len(runs) <= 1:
         return [run_one(*args) for args in runs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    first = run_one(*runs[0])
+    _, experiment, _, _, overrides = runs[0]
+    base = base_model(experiment, overrides)
+    first = [run_one(*runs[0])] if base is not None and base[1] is None else []
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
-        return [first, *pool.map(run_one, *zip(*runs[1:]))]
+        return [*first, *pool.map(run_one, *zip(*runs[len(first):]))]
 
 
 def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = "results",
