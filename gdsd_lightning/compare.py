@@ -349,15 +349,16 @@ def plot(results: list[RunResult], rows: list[dict], sweep: list[RunResult], met
     fig.savefig(out_dir / "test_accuracy.png", dpi=110)
     plt.close(fig)
 
+    if not sweep:                      # --mu recipe reuses the lrs of the mu = 1 sweep
+        return
     fig, ax = plt.subplots(figsize=(7, 4))
     for method in methods:
         runs = sorted((r for r in sweep if r.method == method), key=lambda r: r.lr)
         ax.plot([r.lr for r in runs], [r.val_end(metric) for r in runs], marker="o", label=method, color=colours[method])
         ax.scatter([r.lr for r in runs if r.collapsed(metric)], [r.val_end(metric) for r in runs if r.collapsed(metric)],
                    marker="x", s=80, color="black")
-    if sweep:
-        ax.axhline(statistics.fmean(r.val(metric)[0] for r in sweep), color="black", linestyle="--", linewidth=1,
-                   label="base (val)")
+    ax.axhline(statistics.fmean(r.val(metric)[0] for r in sweep), color="black", linestyle="--", linewidth=1,
+               label="base (val)")
     ax.set(xscale="log", xlabel="learning rate", ylabel=f"val {metric} at the end (seed 0)",
            title=f"{task}: learning-rate sweep (x: collapsed)")
     ax.legend(fontsize=8)

@@ -137,6 +137,14 @@ def test_compare_sweeps_chooses_writes_the_tables_and_plots_and_reuses_finished_
     assert sorted((tmp_path / "runs").glob("*/lr*")) == run_dirs
     assert capfd.readouterr().out.count("[compare] reusing") == 6
 
+    # the second configuration: each recipe's mu at the lr the sweep chose, on the same rollout budget
+    main(["compare", "--task", "sudoku", "--seeds", "1", "--methods", "gdsd", "--mu", "recipe",
+          "--out", str(tmp_path / "results"), *rl_overrides(tmp_path, 2)])
+    recipe = list(csv.DictReader(open(tmp_path / "results" / "sudoku_recipe_mu" / "runs.csv")))
+    assert [(r["method"], float(r["lr"])) for r in recipe] == [("gdsd", float(chosen["gdsd"]))]
+    assert (int(recipe[0]["steps"]), int(recipe[0]["rollouts"])) == (16, 2)       # mu = 8 steps per rollout
+    assert "recipe mu" in (tmp_path / "results" / "sudoku_recipe_mu" / "compare.md").read_text()
+
 
 def test_the_warm_up_starts_from_a_zero_learning_rate_as_the_releases_schedules_do(tmp_path):
     from gdsd_lightning.module import DiffusionRLModule
