@@ -490,9 +490,11 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     common = statistics.mode(setting.values())
     cfg = load_experiment(next(e for m, e in experiments.items() if setting[m] == common), overrides)
     differ = [f"{m}: {g} x passk {k} at T = {t}" for m, (g, k, t) in setting.items() if (g, k, t) != common]
+    mu_text = "each recipe's mu (below)" if mu == "recipe" else f"mu = {cfg.method.num_iterations}"
     settings = (f"{seeds} seed(s) per method; {cfg.trainer.max_rollouts or cfg.trainer.max_steps} rollouts of "
                 f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} completions at T = {cfg.rollout.temperature}"
-                f"{' (' + '; '.join(differ) + ')' if differ else ''}, mu = {cfg.method.num_iterations} "
+                f"{' (' + '; '.join(differ) + ')' if differ else ''}, "
+                f"{mu_text} "
                 f"({cfg.optim.scheduler} lr after {cfg.optim.warmup_steps} warm-up steps); test split greedy; "
                 f"headline metric `{metric}`; SFT base test {', '.join(f'{k} {v}' for k, v in (base or {}).items())}; "
                 f"target for `rollouts_to_target`: val {metric} {base_val:.3f} + {TARGET_GAIN}")
