@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     p_compare.add_argument("--mu", default="shared", choices=["shared", "recipe"],
                            help="shared: mu = 1 for every method; recipe: each method's recipe mu at the chosen lr")
     p_compare.add_argument("--jobs", type=int, default=1,
-                           help="runs trained side by side, one torch thread each (default: 1; 2 on a 2-core machine)")
+                           help="runs trained side by side, one torch thread each (default: 1)")
     p_compare.add_argument("--out", default="results", help="output directory (default: results)")
     p_bench = command("bench", "sampler throughput, loss-step time and memory; MFU with --device cuda",
                       "[--quick] [--device cpu|cuda] [--out D] [--peak-tflops F]")

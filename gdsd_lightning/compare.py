@@ -410,9 +410,9 @@ def one_thread() -> None:
 
 def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
     """run_one(*args) for every args of `runs`, in order; with jobs > 1 in that many worker
-    processes of one torch thread each (on a few cores, single-threaded runs side by side finish
-    sooner than one run at a time on all threads). When the base model is missing the first run
-    goes alone: it trains the base, which the others then find."""
+    processes of one torch thread each (the threads of parallel runs would otherwise oversubscribe
+    the cores). When the base model is missing the first run goes alone: it trains the base, which
+    the others then find."""
     if jobs <= 1 or len(runs) <= 1:
         return [run_one(*args) for args in runs]
     import multiprocessing
