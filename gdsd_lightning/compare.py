@@ -156,9 +156,8 @@ def test_metrics(cfg: DictConfig, ckpt: Path, out_dir: Path) -> dict[str, float]
     from gdsd_lightning.tasks import get_task
 
     summary = out_dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("checkpoint") == str(ckpt):
-        computed = json.loads(summary.read_text())
-    else:
+    computed = json.loads(summary.read_text()) if summary.is_file() else {}
+    if computed.get("checkpoint") != str(ckpt):
         computed = evaluate(cfg, str(ckpt), None, str(out_dir))
     at_length = computed["results"][cfg.task.name]["best"]      # the experiment protocol: one length
     return {key: at_length[key] for key in get_task(cfg.task.name).metric_names}
@@ -212,7 +211,9 @@ def base_model(experiment: str, overrides: list[str]) -> tuple[DictConfig, Path 
     base = load_experiment(experiment, overrides).model.init_from
     if base is None:
         return None
-    base_cfg = load_experiment(base, [o for o in overrides if o.split("=")[0] in ("runs_dir", "task.data_dir")])
+    from gdsd_lightning.train import base_overrides
+
+    base_cfg = load_experiment(base, base_overrides(overrides))
     return base_cfg, latest_final_model(base_cfg.runs_dir, base)
 
 
@@ -433,7 +434,7 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     user_overrides = list(overrides or [])
     lrs = sorted(lrs or SWEEP_LRS)
     command = " ".join(["python -m gdsd_lightning compare", f"--task {task} --seeds {seeds}",
-                        f"--lrs {','.join(f'{lr:g}' for lr in lrs)}", *([f"--mu {mu}"] if mu != "shared" else []),
+                        f"--mu {mu}" if mu == "recipe" else f"--lrs {','.join(f'{lr:g}' for lr in lrs)}",
                         *([f"--jobs {jobs}"] if jobs > 1 else []),
                         *user_overrides])
     if seeds < 1:
@@ -485,10 +486,10 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     write_csv(out_dir / "compare.csv", rows)
     plot(results, rows, sweep, metric, base, task, out_dir)
     # the rollout settings most methods share; the methods that keep their own are named
-    rollouts = {m: load_experiment(e, overrides).rollout for m, e in experiments.items()}
-    setting = {m: (r.num_generations, r.passk, r.temperature) for m, r in rollouts.items()}
+    configs = {m: load_experiment(e, overrides) for m, e in experiments.items()}
+    setting = {m: (c.rollout.num_generations, c.rollout.passk, c.rollout.temperature) for m, c in configs.items()}
     common = statistics.mode(setting.values())
-    cfg = load_experiment(next(e for m, e in experiments.items() if setting[m] == common), overrides)
+    cfg = next(configs[m] for m in configs if setting[m] == common)
     differ = [f"{m}: {g} x passk {k} at T = {t}" for m, (g, k, t) in setting.items() if (g, k, t) != common]
     mu_text = "each recipe's mu (below)" if mu == "recipe" else f"mu = {cfg.method.num_iterations}"
     settings = (f"{seeds} seed(s) per method; {cfg.trainer.max_rollouts or cfg.trainer.max_steps} rollouts of "

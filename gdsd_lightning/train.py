@@ -79,6 +79,11 @@ def train(cfg: DictConfig) -> Path:
     return run_dir
 
 
+def base_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of an RL run that also apply to its SFT base: where runs and data live."""
+    return [o for o in overrides if o.split("=")[0] in ("runs_dir", "task.data_dir")]
+
+
 def train_with_base(name: str, overrides: list[str]) -> Path:
     """Train `name`; if its base model (model.init_from) is missing, train the base first."""
     cfg = load_experiment(name, overrides)
@@ -87,8 +92,7 @@ def train_with_base(name: str, overrides: list[str]) -> Path:
     except MissingBaseModel as missing:
         print(f"[gdsd] base model {missing.experiment!r} not found: training it first "
               f"(`make train EXP={missing.experiment}`)", flush=True)
-        base_overrides = [o for o in overrides if o.split("=")[0] in ("runs_dir", "task.data_dir")]
-        train(load_experiment(missing.experiment, base_overrides))
+        train(load_experiment(missing.experiment, base_overrides(overrides)))
         return train(cfg)
 
 
