@@ -157,13 +157,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ValHistory(L.Callback):
-    """Keeps (step, val accuracy) pairs and, per evaluation, every val metric with the optimiser
-    step, the rollouts drawn and the training seconds so far (all saved in checkpoints); logs val
-    sample completions as text, and rewrites summary.json after every evaluation."""
+    """Keeps, per evaluation, every val metric with the optimiser step, the rollouts drawn and the
+    training seconds so far (saved in checkpoints); logs val sample completions as text, and
+    rewrites summary.json after every evaluation."""
 
     def __init__(self, run_dir: Path, experiment: str):
         self.run_dir, self.experiment = run_dir, experiment
-        self.history: list[list[float]] = []
         self.curve: list[dict] = []
         self.elapsed_before = 0.0
         self._start = time.time()
@@ -172,20 +171,23 @@ class ValHistory(L.Callback):
     def on_validation_end(self, trainer, module) -> None:
         if trainer.sanity_checking or "val/accuracy" not in trainer.callback_metrics:
             return
-        accuracy = float(trainer.callback_metrics["val/accuracy"])
         point = {"step": trainer.global_step, "rollouts": getattr(module, "rollouts_done", trainer.global_step),
                  "seconds": round(self.wall_time(), 1) if self._fitting else 0.0,
                  **{key.removeprefix("val/"): float(value) for key, value in trainer.callback_metrics.items()
                     if key.startswith("val/")}}
-        if self.history and self.history[-1][0] == trainer.global_step:
-            self.history[-1][1], self.curve[-1] = accuracy, point
+        if self.curve and self.curve[-1]["step"] == trainer.global_step:
+            self.curve[-1] = point
         else:
-            self.history.append([trainer.global_step, accuracy])
             self.curve.append(point)
         samples = getattr(module, "val_samples", [])
         log_samples(trainer, "val/samples", [(s["prompt"], s["completion"], s["reward"]) for s in samples])
         if trainer.is_global_zero:
             self.write_summary(trainer)
+
+    @property
+    def history(self) -> list[list[float]]:
+        """(step, val accuracy) per evaluation."""
+        return [[point["step"], point["accuracy"]] for point in self.curve]
 
     def on_fit_start(self, trainer, module) -> None:
         self._start, self._fitting = time.time(), True
@@ -195,8 +197,10 @@ class ValHistory(L.Callback):
 
     def write_summary(self, trainer, stopped: str | None = None) -> None:
         """`stopped`: why a guard ended the run before max_steps (the summary then says so).
-        `fit_started` (unix time) minus `elapsed_before_fit` is where `seconds` count from."""
-        best = max(self.history, key=lambda p: p[1]) if self.history else None
+        `fit_started` is the unix time `seconds` count from (this fit's start, less the training
+        time of the fits a resumed run continues)."""
+        history = self.history
+        best = max(history, key=lambda p: p[1]) if history else None
         write_json(self.run_dir / "summary.json", {
             **({"stopped": stopped} if stopped else {}),
             "experiment": self.experiment,
@@ -204,18 +208,19 @@ class ValHistory(L.Callback):
             "rollouts": getattr(trainer.lightning_module, "rollouts_done", trainer.global_step),
             "wall_time_s": round(self.wall_time(), 1),
             "fit_started": round(self._start - self.elapsed_before, 3),
-            "val_accuracy": self.history,
+            "val_accuracy": history,
             "val_curve": self.curve,
-            "final_val_accuracy": self.history[-1][1] if self.history else None,
+            "final_val_accuracy": history[-1][1] if history else None,
             "best_val_accuracy": best[1] if best else None,
             "best_step": best[0] if best else None,
         })
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "curve": self.curve, "elapsed": self.wall_time()}
+        return {"curve": self.curve, "elapsed": self.wall_time()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = [list(p) for p in state["history"]]
-        self.curve = [dict(p) for p in state.get("curve", [])]
+        # checkpoints written before the curve was kept hold only (step, accuracy) pairs
+        self.curve = [dict(p) for p in state["curve"]] if "curve" in state else \
+            [{"step": step, "accuracy": accuracy} for step, accuracy in state["history"]]
         self.elapsed_before = state["elapsed"]
 
