@@ -89,7 +89,7 @@ def test_compare_gives_every_method_the_shared_schedule_and_keeps_each_methods_o
     assert compared["gdsd"].optim.lr == 1e-4 and compared["gdsd"].trainer.max_steps == 24  # later overlay wins
     assert compared["gdsd"].method.beta == demo.method.beta                 # the method's own settings stay
     dopsd = compared["dopsd"].rollout                                       # and so does its rollout recipe
-    assert (dopsd.num_generations, dopsd.temperature, dopsd.passk) == (4, 0.9, 2)
+    assert (dopsd.num_generations, dopsd.temperature, dopsd.passk) == (1, 0.9, 8)
 
 
 def test_chat_prompts_need_a_tokenizer_with_a_chat_template():
