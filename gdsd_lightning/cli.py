@@ -79,18 +79,20 @@ def main(argv: list[str] | None = None) -> None:
     p_report.add_argument("summaries", nargs="*", default=["runs"],
                           help="summary.json files or directories searched for them (default: runs)")
     p_report.add_argument("--out", default="results/report", help="output directory (default: results/report)")
-    p_compare = command("compare", "every RL method on one tiny task: a one-seed lr sweep, seeds at the chosen lr, "
-                        "table and plots", "[--task T] [--seeds N] [--methods a,b] [--lrs x,y] [--mu shared|recipe] "
+    p_compare = command("compare", "every RL method on one tiny task: one tuning rule (lr, then the KL anchor's beta), "
+                        "seeds at the chosen setting, table and plots",
+                        "[--task T] [--seeds N] [--methods a,b] [--lrs x,y] [--betas x,y] [--mu shared|recipe] "
                         "[--jobs N] [--out D] [key=value ...]",
                         "Finished runs with the same resolved config are reused. Writes <out>/<task>/compare.{csv,md},\n"
                         "sweep.csv, runs.csv, curves.png, test_accuracy.png, sweep.png.")
     p_compare.add_argument("--task", default="sudoku", help="sudoku or countdown (default: sudoku)")
     p_compare.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
     p_compare.add_argument("--methods", help="comma-separated subset (default: every method with an experiment)")
-    p_compare.add_argument("--lrs", help="comma-separated learning rates of each method's one-seed sweep "
-                                         "(default: compare.SWEEP_LRS)")
+    p_compare.add_argument("--lrs", help="comma-separated learning rates of the lr stage (default: compare.SWEEP_LRS)")
+    p_compare.add_argument("--betas", help="comma-separated KL-anchor weights of the beta stage; the lr stage runs at "
+                                           "their median (default: compare.SWEEP_BETAS)")
     p_compare.add_argument("--mu", default="shared", choices=["shared", "recipe"],
-                           help="shared: mu = 1 for every method; recipe: each method's recipe mu at the chosen lr")
+                           help="shared: mu = 1 for every method; recipe: each method's recipe mu, tuned at that mu")
     p_compare.add_argument("--jobs", type=int, default=1,
                            help="runs trained side by side, one torch thread each (default: 1)")
     p_compare.add_argument("--out", default="results", help="output directory (default: results)")
@@ -139,11 +141,14 @@ def main(argv: list[str] | None = None) -> None:
             from gdsd_lightning.compare import compare
 
             methods = args.methods.split(",") if args.methods else None
-            try:
-                lrs = [float(lr) for lr in args.lrs.split(",")] if args.lrs else None
-            except ValueError:
-                raise UserError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
-            compare(args.task, args.seeds, methods, args.out, args.overrides, lrs, args.mu, args.jobs)
+            grids = {}
+            for flag in ("lrs", "betas"):
+                try:
+                    grids[flag] = [float(v) for v in getattr(args, flag).split(",")] if getattr(args, flag) else None
+                except ValueError:
+                    raise UserError(f"--{flag} must be comma-separated numbers, got {getattr(args, flag)!r}") from None
+            compare(args.task, args.seeds, methods, args.out, args.overrides, grids["lrs"], args.mu, args.jobs,
+                    grids["betas"])
         elif args.command == "bench":
             from gdsd_lightning.bench import bench
 

@@ -1,27 +1,32 @@
-"""`python -m gdsd_lightning compare`: every RL method on one tiny task, each at the learning rate
-its own one-seed sweep on val chose, then over seeds; one table and the plots.
+"""`python -m gdsd_lightning compare`: every RL method on one tiny task, each at the setting that
+one tuning rule, the same for every method, chose from the same grid; then over seeds; one table
+and the plots.
 
     for each method with an experiment <method>_tiny_<task> (the shared schedule merged over it):
-        sweep: seed 0 at every lr of --lrs
-        choose the lr whose run ends with the best val <headline> (mean of its last two
-            evaluations) among the sweep runs that did not collapse (ties: the smaller lr)
-        seeds 1 .. N-1 at the chosen lr (seed 0 is the sweep's run)
+        lr stage:   seed 0 at every lr of --lrs; a method with a KL anchor to the reference
+                    (Objective.kl_anchor: GDSD, GDSD-TLC, ESPO, diffu-GRPO) at the median beta of --betas
+        beta stage: a method with a KL anchor, seed 0 at the lr the lr stage chose and every other beta
+        each stage chooses the run that ends with the best val <headline> (mean of its last two
+            evaluations) among its runs that did not collapse (ties: the smaller lr, then beta)
+        seeds 1 .. N-1 at the chosen setting (seed 0 is the sweep's run)
     every run: reuse a finished run with the same resolved config, or train one (`--jobs N`: N
     at a time, one torch thread each); evaluate its final model and its best-by-val checkpoint
     on the test split (greedy)
-    -> <out>/<task>/sweep.csv    one row per (method, lr): the val figures the choice used
-       <out>/<task>/runs.csv     one row per (method, seed) at the chosen lr
+    -> <out>/<task>/sweep.csv    one row per (method, lr, beta): the val figures the choice used
+       <out>/<task>/runs.csv     one row per (method, seed) at the chosen setting
        <out>/<task>/compare.csv  one row per method: test accuracy and <headline> mean/std, the
-                                 base's, rollouts to the target, collapses, entropy, time
-       <out>/<task>/compare.md   the tables, the settings, the choice and why, the plots
+                                 base's, rollouts and optimiser steps to the target, collapses,
+                                 entropy, time
+       <out>/<task>/compare.md   the tables, the rule, the grid, the choice and why, the plots
        <out>/<task>/curves.png, test_accuracy.png, sweep.png
 
 The headline metric is the task's full-solve rate where it has one (sudoku: `solve_rate`), else
 its accuracy (countdown). A run has *collapsed* when its final val headline is below
 COLLAPSE_FRACTION of its start (the base's). The *target* is the base's val headline plus
-TARGET_GAIN; `rollouts_to_target` is the first evaluation at or above it. `--mu recipe` runs every
-method with its recipe's mu (the `num_iterations` default of its Config) at the lr the mu = 1
-comparison chose, on the same rollout budget, into <out>/<task>_recipe_mu/.
+TARGET_GAIN; `rollouts_to_target` is the first evaluation at or above it. Two regimes: `--mu
+shared` (mu = 1 for every method: equal rollouts and optimiser steps) and `--mu recipe` (each
+method's recipe mu, the `num_iterations` default of its Config, on the same rollout budget, tuned
+by the same rule at that mu) into <out>/<task>_recipe_mu/.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ NOT_COMPARED = ("run_name", "resume")      # keys that name a run rather than de
 # Merged over every compared experiment: the same optimiser, schedule and rollouts for all methods, whatever an
 # experiment sets for its own runs (gdsd_tiny_sudoku, `make train`'s demo, has its own lr).
 SHARED_SCHEDULE = "extends=_base/rl_tiny_schedule.yaml"
-SWEEP_LRS = (1e-4, 3e-4, 1e-3)            # the default --lrs: every method's one-seed sweep
+SWEEP_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)   # the default --lrs: every method's lr stage
+SWEEP_BETAS = (0.0, 0.05, 0.5)             # the default --betas: the KL-anchor weights of the beta stage
 COLLAPSE_FRACTION = 0.5                    # collapsed: final val headline < this x its start
 TARGET_GAIN = 0.10                         # rollouts_to_target: first val headline >= start + this
 SMOOTHING = 25                             # rollouts in the moving average of the reward plot
@@ -65,6 +71,7 @@ and those its gate rejects still step on a zero loss (as in the release), so it 
 class RunResult:
     method: str
     lr: float
+    beta: float | None                     # the KL-anchor weight (None: the method has no anchor)
     seed: int
     run_dir: Path
     steps: int
@@ -77,6 +84,10 @@ class RunResult:
     rollout_curves: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
     # tag -> (rollouts, seconds since training began, value) per rollout: reward_mean, entropy
     stopped: str | None = None             # why a guard ended the run before max_steps
+
+    @property
+    def setting(self) -> str:
+        return f"lr {self.lr:g}" + ("" if self.beta is None else f", beta {self.beta:g}")
 
     def val(self, metric: str) -> list[float]:
         return [point[metric] for point in self.val_curve]
@@ -175,20 +186,23 @@ def rollout_curves(run_dir: Path, fit_started: float) -> dict[str, list[tuple[in
             for tag in ("reward_mean", "entropy") if f"rollout/{tag}" in tags}
 
 
-def run_one(method: str, experiment: str, lr: float, seed: int, overrides: list[str]) -> RunResult:
+def run_one(method: str, experiment: str, lr: float, beta: float | None, seed: int, overrides: list[str]) -> RunResult:
     """Train or reuse one run and test it. "Best" is the best-by-val model: the base itself when
     no evaluation during training beat step 0, else checkpoints/best.ckpt."""
     from gdsd_lightning.train import train_with_base
 
-    run_overrides = [*overrides, f"optim.lr={lr}", f"seed={seed}"]
+    anchor = [] if beta is None else [f"method.beta={beta}"]
+    run_overrides = [*overrides, f"optim.lr={lr}", *anchor, f"seed={seed}"]
     cfg = load_experiment(experiment, run_overrides)
     run_dir = finished_run(cfg)
+    what = f"{experiment} lr {lr:g}{'' if beta is None else f' beta {beta:g}'} seed {seed}"
     if run_dir is None:
-        print(f"[compare] training {experiment} lr {lr:g} seed {seed}", flush=True)
+        print(f"[compare] training {what}", flush=True)
+        name = f"lr{lr:g}{'' if beta is None else f'_beta{beta:g}'}_seed{seed}"
         try:
-            run_dir = train_with_base(experiment, [*run_overrides, f"run_name=lr{lr:g}_seed{seed}"])
+            run_dir = train_with_base(experiment, [*run_overrides, f"run_name={name}"])
         except TrainingStopped as stopped:
-            print(f"[compare] {experiment} lr {lr:g} seed {seed} stopped early: {stopped}", flush=True)
+            print(f"[compare] {what} stopped early: {stopped}", flush=True)
             run_dir = finished_run(cfg)
     else:
         print(f"[compare] reusing {run_dir}", flush=True)
@@ -200,7 +214,7 @@ def run_one(method: str, experiment: str, lr: float, seed: int, overrides: list[
     best = base_metrics(experiment, overrides) if summary["best_step"] == 0 else None
     if best is None:
         best = test_metrics(cfg, best_ckpt, run_dir / "test" / "best") if best_ckpt.is_file() else final
-    return RunResult(method, lr, seed, run_dir, summary["steps"], summary["rollouts"], summary["wall_time_s"],
+    return RunResult(method, lr, beta, seed, run_dir, summary["steps"], summary["rollouts"], summary["wall_time_s"],
                      final, best, summary["best_step"], summary["val_curve"],
                      rollout_curves(run_dir, summary["fit_started"]), summary.get("stopped"))
 
@@ -223,16 +237,38 @@ def base_metrics(experiment: str, overrides: list[str]) -> dict[str, float] | No
     return test_metrics(base_cfg, final, final.parent / "test" / "final") if final else None
 
 
-def choose_lr(sweep: list[RunResult], metric: str) -> tuple[RunResult, str]:
-    """The sweep run with the best val `metric` at the end among those that did not collapse
-    (among all of them if every one collapsed; ties: the smaller lr), and why."""
-    standing = [r for r in sweep if not r.collapsed(metric)]
-    chosen = max(sorted(standing or sweep, key=lambda r: r.lr), key=lambda r: round(r.val_end(metric), 4))
+def has_kl_anchor(experiment: str, overrides: list[str]) -> bool:
+    """Whether the experiment's objective has a KL-to-reference term weighted by `method.beta`."""
+    from gdsd_lightning.objectives import OBJECTIVES
+
+    return OBJECTIVES[load_experiment(experiment, overrides).method.name].kl_anchor
+
+
+def choose(runs: list[RunResult], metric: str) -> tuple[RunResult, str]:
+    """The run with the best val `metric` at the end among those that did not collapse (among all
+    of them if every one collapsed; ties: the smaller lr, then the smaller beta), and why."""
+    standing = [r for r in runs if not r.collapsed(metric)]
+    chosen = max(sorted(standing or runs, key=lambda r: (r.lr, r.beta or 0.0)), key=lambda r: round(r.val_end(metric), 4))
     why = f"best val {metric} at the end, {chosen.val_end(metric):.3f}"
-    collapsed = [f"{r.lr:g}" for r in sweep if r not in standing]
+    collapsed = [r.setting for r in runs if r not in standing]
     if collapsed:
-        why += f"; collapsed in the sweep: lr {', '.join(collapsed)}" + ("" if standing else " (every lr)")
+        why += f"; collapsed in the sweep: {'; '.join(collapsed)}" + ("" if standing else " (every setting)")
     return chosen, why
+
+
+def tune(experiments: dict[str, str], lrs: list[float], betas: list[float], overrides: dict[str, list[str]],
+         metric: str, jobs: int) -> tuple[list[RunResult], dict[str, RunResult], dict[str, str]]:
+    """The two stages of the rule (module docstring) at seed 0: every sweep run, and per method
+    the chosen run and why."""
+    anchored = {m for m, e in experiments.items() if has_kl_anchor(e, overrides[m])}
+    lr_beta = statistics.median_low(betas)
+    sweep = run_all([(m, e, lr, lr_beta if m in anchored else None, 0, overrides[m])
+                     for m, e in experiments.items() for lr in lrs], jobs)
+    chosen = {m: choose([r for r in sweep if r.method == m], metric)[0] for m in experiments}
+    sweep += run_all([(m, experiments[m], chosen[m].lr, beta, 0, overrides[m])
+                      for m in experiments if m in anchored for beta in betas if beta != lr_beta], jobs)
+    picks = {m: choose([r for r in sweep if r.method == m], metric) for m in experiments}
+    return sweep, {m: run for m, (run, _) in picks.items()}, {m: why for m, (_, why) in picks.items()}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -244,7 +280,7 @@ def summarise(results: list[RunResult], metric: str, base: dict | None, base_val
     target = base_val + TARGET_GAIN
     for method in dict.fromkeys(r.method for r in results):
         runs = [r for r in results if r.method == method]
-        row = {"method": method, "lr": runs[0].lr, "seeds": len(runs)}
+        row = {"method": method, "lr": runs[0].lr, "beta": runs[0].beta, "seeds": len(runs)}
         for which in ("final", "best"):
             for key in dict.fromkeys(("accuracy", metric)):
                 mean, std = mean_std([getattr(r, which)[key] for r in runs])
@@ -350,19 +386,31 @@ def plot(results: list[RunResult], rows: list[dict], sweep: list[RunResult], met
     fig.savefig(out_dir / "test_accuracy.png", dpi=110)
     plt.close(fig)
 
-    if not sweep:                      # --mu recipe reuses the lrs of the mu = 1 sweep
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for method in methods:
-        runs = sorted((r for r in sweep if r.method == method), key=lambda r: r.lr)
-        ax.plot([r.lr for r in runs], [r.val_end(metric) for r in runs], marker="o", label=method, color=colours[method])
-        ax.scatter([r.lr for r in runs if r.collapsed(metric)], [r.val_end(metric) for r in runs if r.collapsed(metric)],
-                   marker="x", s=80, color="black")
-    ax.axhline(statistics.fmean(r.val(metric)[0] for r in sweep), color="black", linestyle="--", linewidth=1,
-               label="base (val)")
-    ax.set(xscale="log", xlabel="learning rate", ylabel=f"val {metric} at the end (seed 0)",
-           title=f"{task}: learning-rate sweep (x: collapsed)")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    for ax, axis in zip(axes, ("lr", "beta")):
+        for method in methods:
+            runs = [r for r in sweep if r.method == method]
+            chosen_lr = next(row["lr"] for row in rows if row["method"] == method)
+            if axis == "lr":       # the lr stage: the runs at the lr-stage beta (all of a method without an anchor)
+                stage_beta = statistics.median_low([r.beta for r in runs]) if runs[0].beta is not None else None
+                runs = sorted((r for r in runs if r.beta == stage_beta), key=lambda r: r.lr)
+            else:                  # the beta stage: the runs at the chosen lr of a method with an anchor
+                runs = sorted((r for r in runs if r.beta is not None and r.lr == chosen_lr), key=lambda r: r.beta)
+            if len(runs) < 2:
+                continue
+            xs = [getattr(r, axis) for r in runs]
+            ax.plot(xs, [r.val_end(metric) for r in runs], marker="o", label=method, color=colours[method])
+            ax.scatter([x for x, r in zip(xs, runs) if r.collapsed(metric)],
+                       [r.val_end(metric) for r in runs if r.collapsed(metric)], marker="x", s=80, color="black")
+        ax.axhline(statistics.fmean(r.val(metric)[0] for r in sweep), color="black", linestyle="--", linewidth=1,
+                   label="base (val)")
+        if axis == "lr":
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=0.01)
+        ax.set(xlabel="learning rate" if axis == "lr" else "beta (KL anchor)", ylabel=f"val {metric} at the end (seed 0)",
+               title=f"{task}: {axis} stage (x: collapsed)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "sweep.png", dpi=110)
     plt.close(fig)
@@ -394,15 +442,6 @@ def recipe_mu_overrides(experiment: str, overrides: list[str]) -> list[str]:
             f"trainer.max_rollouts={t.max_rollouts or t.max_steps}"]
 
 
-def chosen_lrs(out_dir: Path) -> dict[str, float]:
-    """method -> lr chosen by an earlier mu = 1 comparison (its sweep.csv)."""
-    sweep_file = out_dir / "sweep.csv"
-    if not sweep_file.is_file():
-        raise UserError(f"--mu recipe reuses the learning rates the mu = 1 comparison chose, but {sweep_file} does not "
-                        "exist; run the comparison without --mu first (same --out)")
-    return {row["method"]: float(row["lr"]) for row in csv.DictReader(open(sweep_file)) if row["chosen"] == "True"}
-
-
 def one_thread() -> None:
     import torch
 
@@ -419,7 +458,7 @@ def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    _, experiment, _, _, overrides = runs[0]
+    _, experiment, *_, overrides = runs[0]
     base = base_model(experiment, overrides)
     first = [run_one(*runs[0])] if base is not None and base[1] is None else []
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
@@ -428,14 +467,14 @@ def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
 
 def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = "results",
             overrides: list[str] | None = None, lrs: list[float] | None = None, mu: str = "shared",
-            jobs: int = 1) -> Path:
-    """Sweep, choose, train (or reuse) and evaluate every method x seed (`jobs` runs at a time);
-    write the tables and plots; returns the output dir."""
+            jobs: int = 1, betas: list[float] | None = None) -> Path:
+    """Tune, train (or reuse) and evaluate every method x seed (`jobs` runs at a time); write the
+    tables and plots; returns the output dir."""
     user_overrides = list(overrides or [])
-    lrs = sorted(lrs or SWEEP_LRS)
+    lrs, betas = sorted(lrs or SWEEP_LRS), sorted(betas or SWEEP_BETAS)
     command = " ".join(["python -m gdsd_lightning compare", f"--task {task} --seeds {seeds}",
-                        f"--mu {mu}" if mu == "recipe" else f"--lrs {','.join(f'{lr:g}' for lr in lrs)}",
-                        *([f"--jobs {jobs}"] if jobs > 1 else []),
+                        *([f"--mu {mu}"] if mu == "recipe" else []), f"--lrs {','.join(f'{lr:g}' for lr in lrs)}",
+                        f"--betas {','.join(f'{b:g}' for b in betas)}", *([f"--jobs {jobs}"] if jobs > 1 else []),
                         *user_overrides])
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -443,75 +482,87 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     if mu not in ("shared", "recipe"):
         raise UserError(f"--mu must be 'shared' (mu = 1 for every method) or 'recipe', got {mu!r}")
-    overrides = [SHARED_SCHEDULE, *user_overrides]
+    shared = [SHARED_SCHEDULE, *user_overrides]
     experiments = experiments_for(task, methods)
+    overrides = {m: [*shared, *(recipe_mu_overrides(e, shared) if mu == "recipe" else [])] for m, e in experiments.items()}
     metric = headline_metric(task)
     started = time.time()
-    sweep, results, reasons = [], [], {}
-    if mu == "recipe":
-        picked = chosen_lrs(Path(out) / task)
-        missing = [m for m in experiments if m not in picked]
-        if missing:
-            raise UserError(f"the mu = 1 comparison in {Path(out) / task} has no chosen lr for {', '.join(missing)}")
-        extra = {m: recipe_mu_overrides(e, overrides) for m, e in experiments.items()}
-        results = run_all([(m, e, picked[m], s, [*overrides, *extra[m]]) for m, e in experiments.items()
-                           for s in range(seeds)], jobs)
-        reasons = {m: f"the lr the mu = 1 sweep chose; {extra[m][0]}" for m in experiments}
-        out_dir = Path(out) / f"{task}_recipe_mu"
-    else:
-        sweep = run_all([(m, e, lr, 0, overrides) for m, e in experiments.items() for lr in lrs], jobs)
-        chosen = {}
-        for method in experiments:
-            chosen[method], reasons[method] = choose_lr([r for r in sweep if r.method == method], metric)
-        more = run_all([(m, e, chosen[m].lr, s, overrides) for m, e in experiments.items() for s in range(1, seeds)], jobs)
-        results = [r for m in experiments for r in [chosen[m], *(r for r in more if r.method == m)]]
-        out_dir = Path(out) / task
-    base = base_metrics(next(iter(experiments.values())), overrides)
+    sweep, chosen, reasons = tune(experiments, lrs, betas, overrides, metric, jobs)
+    more = run_all([(m, e, chosen[m].lr, chosen[m].beta, s, overrides[m]) for m, e in experiments.items()
+                    for s in range(1, seeds)], jobs)
+    results = [r for m in experiments for r in [chosen[m], *(r for r in more if r.method == m)]]
+    out_dir = Path(out) / (f"{task}_recipe_mu" if mu == "recipe" else task)
+    base = base_metrics(next(iter(experiments.values())), shared)
     base_val = statistics.fmean(r.val(metric)[0] for r in results)
     rows = summarise(results, metric, base, base_val)
     out_dir.mkdir(parents=True, exist_ok=True)
-    chosen_lr = {row["method"]: row["lr"] for row in rows}
-    if sweep:
-        write_csv(out_dir / "sweep.csv", [{
-            "method": r.method, "lr": r.lr, "val_start": round(r.val(metric)[0], 4),
-            f"val_{metric}_end": round(r.val_end(metric), 4), "val_accuracy_end": round(r.val_end("accuracy"), 4),
-            "collapsed": r.collapsed(metric), "chosen": r.lr == chosen_lr[r.method], "run_dir": str(r.run_dir)}
-            for r in sweep])
+    write_csv(out_dir / "sweep.csv", [{
+        "method": r.method, "lr": r.lr, "beta": r.beta, "val_start": round(r.val(metric)[0], 4),
+        f"val_{metric}_end": round(r.val_end(metric), 4), "val_accuracy_end": round(r.val_end("accuracy"), 4),
+        "collapsed": r.collapsed(metric), "chosen": r is chosen[r.method], "run_dir": str(r.run_dir)}
+        for r in sweep])
     write_csv(out_dir / "runs.csv", [{
-        "method": r.method, "lr": r.lr, "seed": r.seed, "run_dir": str(r.run_dir), "steps": r.steps,
+        "method": r.method, "lr": r.lr, "beta": r.beta, "seed": r.seed, "run_dir": str(r.run_dir), "steps": r.steps,
         "rollouts": r.rollouts, "wall_time_s": r.wall_time_s,
         **{f"final_{k}": v for k, v in r.final.items()}, **{f"best_{k}": v for k, v in r.best.items()},
         "best_step": r.best_step, f"val_{metric}_start": r.val(metric)[0], f"val_{metric}_end": round(r.val_end(metric), 4),
         "collapsed": r.collapsed(metric), "stopped": r.stopped or ""} for r in results])
     write_csv(out_dir / "compare.csv", rows)
     plot(results, rows, sweep, metric, base, task, out_dir)
-    # the rollout settings most methods share; the methods that keep their own are named
-    configs = {m: load_experiment(e, overrides) for m, e in experiments.items()}
-    setting = {m: (c.rollout.num_generations, c.rollout.passk, c.rollout.temperature) for m, c in configs.items()}
-    common = statistics.mode(setting.values())
-    cfg = next(configs[m] for m in configs if setting[m] == common)
-    differ = [f"{m}: {g} x passk {k} at T = {t}" for m, (g, k, t) in setting.items() if (g, k, t) != common]
-    mu_text = "each recipe's mu (below)" if mu == "recipe" else f"mu = {cfg.method.num_iterations}"
-    settings = (f"{seeds} seed(s) per method; {cfg.trainer.max_rollouts or cfg.trainer.max_steps} rollouts of "
-                f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} completions at T = {cfg.rollout.temperature}"
-                f"{' (' + '; '.join(differ) + ')' if differ else ''}, "
-                f"{mu_text} "
-                f"({cfg.optim.scheduler} lr after {cfg.optim.warmup_steps} warm-up steps); test split greedy; "
-                f"headline metric `{metric}`; SFT base test {', '.join(f'{k} {v}' for k, v in (base or {}).items())}; "
-                f"target for `rollouts_to_target`: val {metric} {base_val:.3f} + {TARGET_GAIN}")
-    glance = ["method", "lr", f"final_{metric}_mean", f"final_{metric}_std", "final_accuracy_mean", "final_accuracy_std",
-              "base_solve_rate", "rollouts_to_target", "reached_target", "collapsed", "entropy_end", "wall_time_s"]
-    choice = "\n".join(f"- {m}: lr {chosen_lr[m]:g} ({reasons[m]})" for m in chosen_lr)
-    sweep_md = ("\n\nThe sweep (seed 0; val figures; run directories in `sweep.csv`):\n\n"
-                + markdown_table([{"method": r.method, "lr": f"{r.lr:g}", f"val {metric} at the end": round(r.val_end(metric), 3),
-                                   "val accuracy at the end": round(r.val_end("accuracy"), 3), "collapsed": r.collapsed(metric)}
-                                  for r in sweep]) + "\n\n![sweep](sweep.png)") if sweep else ""
+    configs = {m: load_experiment(e, overrides[m]) for m, e in experiments.items()}
+    glance = ["method", "mu", "lr", "beta", f"final_{metric}_mean", f"final_{metric}_std", "final_accuracy_mean",
+              "final_accuracy_std", "base_solve_rate", "rollouts_to_target", "steps_to_target", "reached_target",
+              "collapsed", "entropy_end", "wall_time_s"]
+    table = [{**row, "mu": configs[row["method"]].method.num_iterations} for row in rows]
+    choice = "\n".join(f"- {m}: {chosen[m].setting} ({reasons[m]})" for m in experiments)
+    sweep_md = markdown_table([{"method": r.method, "lr": f"{r.lr:g}", "beta": "-" if r.beta is None else f"{r.beta:g}",
+                                f"val {metric} at the end": round(r.val_end(metric), 3),
+                                "val accuracy at the end": round(r.val_end("accuracy"), 3), "collapsed": r.collapsed(metric),
+                                "chosen": r is chosen[r.method]} for r in sweep])
+    regime = "each recipe's mu" if mu == "recipe" else "mu = 1 for every method"
     (out_dir / "compare.md").write_text(
-        f"# {task}: method comparison{' (recipe mu)' if mu == 'recipe' else ''}\n\n{settings}.\n\nReproduce: `{command}` "
-        f"(this one took {time.time() - started:.0f} s including reused runs).\n\n{markdown_table(rows, glance)}\n\n"
-        f"All columns: `compare.csv`; per run: `runs.csv`.\n\nChosen learning rates:\n{choice}\n{sweep_md}\n\n"
+        f"# {task}: method comparison ({regime})\n\n"
+        f"{settings_text(configs, seeds, mu, metric, base, base_val)}\n\n"
+        f"Reproduce: `{command}` (this one took {time.time() - started:.0f} s including reused runs).\n\n"
+        f"{markdown_table(table, glance)}\n\nAll columns: `compare.csv`; per run: `runs.csv`.\n\n"
+        f"{rule_text(lrs, betas)}\n\nChosen settings:\n{choice}\n\n"
+        f"The sweep (seed 0; val figures; run directories in `sweep.csv`):\n\n{sweep_md}\n\n![sweep](sweep.png)\n\n"
         + NOTES.format(headline=metric, gain=TARGET_GAIN, collapse=COLLAPSE_FRACTION, smooth=SMOOTHING)
         + f"{stopped_notes(results)}\n![curves](curves.png)\n\n![test accuracy](test_accuracy.png)\n")
-    print(f"[compare] wrote {out_dir}/compare.csv, compare.md, runs.csv, curves.png, test_accuracy.png", flush=True)
-    print(markdown_table(rows, glance), flush=True)
+    print(f"[compare] wrote {out_dir}/compare.csv, compare.md, sweep.csv, runs.csv, curves.png, test_accuracy.png, sweep.png",
+          flush=True)
+    print(markdown_table(table, glance), flush=True)
     return out_dir
+
+
+def rule_text(lrs: list[float], betas: list[float]) -> str:
+    """The tuning rule and its grid, as compare.md states them."""
+    grid = lambda values: ", ".join(f"{v:g}" for v in values)
+    return (f"Tuning rule (the same for every method): seed 0 at every lr of {{{grid(lrs)}}}, a method with a KL anchor "
+            f"to the reference (GDSD, GDSD-TLC, ESPO, diffu-GRPO: `method.beta`) at beta {statistics.median_low(betas):g}; "
+            f"then such a method at the chosen lr and every beta of {{{grid(betas)}}}. Each stage keeps the run with the "
+            f"best val headline at the end (mean of the last two evaluations) among those that did not collapse (ties: "
+            f"the smaller lr, then beta); seeds 1.. run at the chosen setting. Nothing else is tuned for any method.")
+
+
+def settings_text(configs: dict[str, DictConfig], seeds: int, mu: str, metric: str, base: dict | None,
+                  base_val: float) -> str:
+    """The regime, the rollout budget, the block structure and the base, as compare.md states them;
+    the methods whose rollout settings differ from the others' are named."""
+    setting = {m: (c.rollout.prompts_per_step, c.rollout.num_generations, c.rollout.passk, c.rollout.temperature)
+               for m, c in configs.items()}
+    common = statistics.mode(setting.values())
+    cfg = next(configs[m] for m in configs if setting[m] == common)
+    differ = [f"{m}: {p} prompts x {g} x passk {k} at T = {t}" for m, (p, g, k, t) in setting.items() if (p, g, k, t) != common]
+    mus = ", ".join(f"{m} {c.method.num_iterations}" for m, c in configs.items())
+    s = cfg.sampler
+    regime = f"each recipe's mu ({mus})" if mu == "recipe" else "mu = 1 for every method"
+    return (f"Regime: {regime}, "
+            f"on the same rollout budget. {seeds} seed(s) per method; {cfg.trainer.max_rollouts or cfg.trainer.max_steps} "
+            f"rollouts of {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.num_generations} completions at T = "
+            f"{cfg.rollout.temperature}{' (' + '; '.join(differ) + ')' if differ else ''} ({cfg.optim.scheduler} lr after "
+            f"{cfg.optim.warmup_steps} warm-up steps). Blocks: {s.gen_length} answer tokens decoded in "
+            f"{s.gen_length // s.block_length} blocks of {s.block_length}, {s.steps} steps ({s.gen_length // s.steps} tokens per "
+            f"step). Test split greedy; headline metric `{metric}`; SFT base test "
+            f"{', '.join(f'{k} {v}' for k, v in (base or {}).items())}; target for `rollouts_to_target`: val {metric} "
+            f"{base_val:.3f} + {TARGET_GAIN}.")

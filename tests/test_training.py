@@ -106,20 +106,27 @@ def test_every_baseline_trains_with_old_and_reference_roles(tmp_path, varied_rew
     assert summary["steps"] == 4 and all(a == a for _, a in summary["val_accuracy"])
 
 
-def test_compare_sweeps_chooses_writes_the_tables_and_plots_and_reuses_finished_runs(tmp_path, varied_reward, capfd):
+def test_compare_tunes_lr_then_beta_writes_the_tables_and_plots_and_reuses_finished_runs(tmp_path, varied_reward, capfd):
     import csv
 
-    args = ["compare", "--task", "sudoku", "--seeds", "2", "--methods", "gdsd,wd1", "--lrs", "1e-3,1e-2", "--jobs", "2",
-            "--out", str(tmp_path / "results"), *rl_overrides(tmp_path, 2)]
+    args = ["compare", "--task", "sudoku", "--seeds", "2", "--methods", "gdsd,wd1", "--lrs", "1e-3,1e-2",
+            "--betas", "0,0.5", "--jobs", "2", "--out", str(tmp_path / "results"), *rl_overrides(tmp_path, 2)]
     main(args)
     out = tmp_path / "results" / "sudoku"
     sweep = list(csv.DictReader(open(out / "sweep.csv")))
-    assert [(r["method"], float(r["lr"])) for r in sweep] == [("gdsd", 1e-3), ("gdsd", 1e-2), ("wd1", 1e-3), ("wd1", 1e-2)]
+    # lr stage at the median_low beta (0) for GDSD, which has a KL anchor, and without one for wd1;
+    # then GDSD's beta stage at its chosen lr
+    assert [(r["method"], float(r["lr"]), r["beta"]) for r in sweep[:4]] == [
+        ("gdsd", 1e-3, "0.0"), ("gdsd", 1e-2, "0.0"), ("wd1", 1e-3, ""), ("wd1", 1e-2, "")]
+    assert [(r["method"], r["beta"]) for r in sweep[4:]] == [("gdsd", "0.5")]
+    standing = [r for r in sweep[:2] if r["collapsed"] == "False"] or sweep[:2]
+    stage_one = max(standing, key=lambda r: (round(float(r["val_solve_rate_end"]), 4), -float(r["lr"])))
+    assert float(sweep[4]["lr"]) == float(stage_one["lr"])
     assert [sum(r["chosen"] == "True" for r in sweep if r["method"] == m) for m in ("gdsd", "wd1")] == [1, 1]
     rows = list(csv.DictReader(open(out / "compare.csv")))
     assert [r["method"] for r in rows] == ["gdsd", "wd1"]
-    chosen = {r["method"]: r["lr"] for r in sweep if r["chosen"] == "True"}
-    assert all(float(r["lr"]) == float(chosen[r["method"]]) for r in rows)
+    chosen = {r["method"]: (r["lr"], r["beta"]) for r in sweep if r["chosen"] == "True"}
+    assert all((float(r["lr"]), r["beta"]) == (float(chosen[r["method"]][0]), chosen[r["method"]][1]) for r in rows)
     for column in ("final_accuracy_mean", "final_accuracy_std", "final_solve_rate_mean", "final_solve_rate_std",
                    "best_accuracy_mean", "reached_target", "collapsed", "entropy_end", "reward_auc", "steps", "wall_time_s"):
         assert all(r[column] not in ("", "nan") for r in rows), column
@@ -129,21 +136,22 @@ def test_compare_sweeps_chooses_writes_the_tables_and_plots_and_reuses_finished_
     for plot in ("curves.png", "test_accuracy.png", "sweep.png"):
         assert (out / plot).stat().st_size > 0
     report = (out / "compare.md").read_text()
-    assert "| gdsd |" in report and "Chosen learning rates" in report
+    assert "| gdsd |" in report and "Tuning rule" in report and "{0, 0.5}" in report
+    assert "4 blocks of 4" in report and "mu = 1 for every method" in report
     run_dirs = sorted((tmp_path / "runs").glob("*/lr*"))
-    assert len(run_dirs) == 6                                   # 2 lrs at seed 0 + seed 1 at the chosen lr, per method
+    assert len(run_dirs) == 7                # gdsd: 2 lrs + 1 beta + seed 1; wd1: 2 lrs + seed 1
     capfd.readouterr()
     main(args)
     assert sorted((tmp_path / "runs").glob("*/lr*")) == run_dirs
-    assert capfd.readouterr().out.count("[compare] reusing") == 6
+    assert capfd.readouterr().out.count("[compare] reusing") == 7
 
-    # the second configuration: each recipe's mu at the lr the sweep chose, on the same rollout budget
-    main(["compare", "--task", "sudoku", "--seeds", "1", "--methods", "gdsd", "--mu", "recipe",
-          "--out", str(tmp_path / "results"), *rl_overrides(tmp_path, 2)])
+    # the second regime: each recipe's mu, tuned by the same rule at that mu, on the same rollout budget
+    main(["compare", "--task", "sudoku", "--seeds", "1", "--methods", "gdsd,dopsd", "--mu", "recipe", "--lrs", "1e-3",
+          "--betas", "0", "--out", str(tmp_path / "results"), *rl_overrides(tmp_path, 2)])
     recipe = list(csv.DictReader(open(tmp_path / "results" / "sudoku_recipe_mu" / "runs.csv")))
-    assert [(r["method"], float(r["lr"])) for r in recipe] == [("gdsd", float(chosen["gdsd"]))]
-    assert (int(recipe[0]["steps"]), int(recipe[0]["rollouts"])) == (16, 2)       # mu = 8 steps per rollout
-    assert "recipe mu" in (tmp_path / "results" / "sudoku_recipe_mu" / "compare.md").read_text()
+    assert [(r["method"], float(r["lr"])) for r in recipe] == [("gdsd", 1e-3), ("dopsd", 1e-3)]
+    assert [(int(r["steps"]), int(r["rollouts"])) for r in recipe] == [(16, 2), (8, 2)]   # mu = 8 and 4 per rollout
+    assert "each recipe's mu (gdsd 8, dopsd 4)" in (tmp_path / "results" / "sudoku_recipe_mu" / "compare.md").read_text()
 
 
 def test_the_warm_up_starts_from_a_zero_learning_rate_as_the_releases_schedules_do(tmp_path):

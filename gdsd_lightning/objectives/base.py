@@ -80,6 +80,7 @@ class Objective(ABC):
     Config: ClassVar[type] = ObjectiveConfig
     record_states: ClassVar[bool] = False   # rollouts keep every intermediate denoising state
     uses_groups: ClassVar[bool] = True      # advantages are relative to a group of G >= 2
+    kl_anchor: ClassVar[bool] = False       # the loss has a KL-to-reference term weighted by cfg.beta
 
     def __init__(self, cfg: DictConfig, gen_length: int):
         self.cfg = cfg

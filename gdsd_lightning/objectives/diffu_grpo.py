@@ -60,6 +60,7 @@ def diffu_grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torc
 
 class DiffuGRPO(Objective):
     Config = DiffuGRPOConfig
+    kl_anchor = True
 
     def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
         return mean_field_logprobs(model, batch, iteration, self.cfg.p_mask_prompt)

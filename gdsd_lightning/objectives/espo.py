@@ -45,6 +45,7 @@ def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, advantages: torch.Tens
 
 class ESPO(Objective):
     Config = ESPOConfig
+    kl_anchor = True
 
     def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
         """ELBO (B,), the mean of K coupled ELBOs."""

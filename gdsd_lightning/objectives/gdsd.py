@@ -63,6 +63,7 @@ def gdsd_loss(d_theta: torch.Tensor, d_old: torch.Tensor, advantages: torch.Tens
 
 class GDSD(Objective):
     Config = GDSDConfig
+    kl_anchor = True
     center_logits = False
     reduce = staticmethod(denoiser_score)
 
