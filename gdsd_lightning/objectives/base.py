@@ -5,7 +5,7 @@
 
 Most objectives only define `score(model, micro, iteration)` (a per-row or per-token score of the
 rollout) and `loss`; the default `prepare` records that score for the old policy (mu > 1) and the
-reference (beta > 0) under every iteration's masks, and `old_and_ref` hands them back.
+reference (a KL anchor with beta > 0) under every iteration's masks, and `old_and_ref` hands them back.
 
 A rollout batch is split into fixed micro-batches; masks are drawn from generators seeded by
 (rollout seed, iteration, Monte-Carlo index, micro-batch index), so `prepare` and `loss` see the
@@ -88,8 +88,8 @@ class Objective(ABC):
 
     @property
     def needs_reference(self) -> bool:
-        """Whether the module must build the frozen reference role."""
-        return self.cfg.beta > 0
+        """Whether the module must build the frozen reference role: for the KL anchor, when weighted."""
+        return self.kl_anchor and self.cfg.beta > 0
 
     @property
     def needs_old(self) -> bool:
