@@ -198,7 +198,8 @@ def run_one(method: str, experiment: str, lr: float, beta: float | None, seed: i
     what = f"{experiment} lr {lr:g}{'' if beta is None else f' beta {beta:g}'} seed {seed}"
     if run_dir is None:
         print(f"[compare] training {what}", flush=True)
-        name = f"lr{lr:g}{'' if beta is None else f'_beta{beta:g}'}_seed{seed}"
+        mu = cfg.method.num_iterations
+        name = f"lr{lr:g}{'' if beta is None else f'_beta{beta:g}'}{'' if mu == 1 else f'_mu{mu}'}_seed{seed}"
         try:
             run_dir = train_with_base(experiment, [*run_overrides, f"run_name={name}"])
         except TrainingStopped as stopped:
