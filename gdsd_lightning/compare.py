@@ -426,7 +426,8 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or list(rows[0])
     header = "| " + " | ".join(columns) + " |"
     rule = "|" + "---|" * len(columns)
-    return "\n".join([header, rule] + ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows])
+    cell = lambda value: "-" if value is None else str(value)
+    return "\n".join([header, rule] + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
 
 
 def recipe_mu_overrides(experiment: str, overrides: list[str]) -> list[str]:
