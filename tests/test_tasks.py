@@ -5,7 +5,7 @@ import pytest
 
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.tasks import get_task
-from gdsd_lightning.tasks.countdown import arithmetic_value, scratchpad
+from gdsd_lightning.tasks.countdown import arithmetic_value
 from gdsd_lightning.tasks.splits import SFT_SPLIT, split_path, split_sizes, write_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,37 +106,6 @@ def test_countdown_division_by_zero_and_python_arithmetic():
 ])
 def test_countdown_plain_style_reads_the_bare_completion(completion, reward):
     assert get_task("countdown", "plain").reward(completion, COUNTDOWN) == pytest.approx(reward)
-
-
-@pytest.mark.parametrize("completion, reward", [
-    ("100-93=7,30-7=23,30-(100-93)", 1.0),
-    ("100-93=7,30-7=23, 30-(100-93) ", 1.0),
-    ("1+1=3,9=9,30-(100-93)", 1.0),           # the scratchpad is not scored, only the final expression
-    ("100-93=7,30-7=23,30+100", 0.1),
-    ("100-93=7,30-7=23,30-(100-93)=23", 0.0),
-    ("100-93=7,30-7=23,", 0.0),               # no final expression
-    ("100-93=7,30-7=23", 0.0),                # nor here: the last step is read, and it is no expression
-])
-def test_countdown_plain_style_reads_the_expression_after_the_scratchpad(completion, reward):
-    assert get_task("countdown", "plain").reward(completion, COUNTDOWN) == pytest.approx(reward)
-
-
-@pytest.mark.parametrize("solution, steps", [
-    ("(92+61)-91", "92+61=153,153-91=62"),
-    ("30-(100-93)", "100-93=7,30-7=23"),
-    ("(12*7)/4", "12*7=84,84/4=21"),
-    ("96/(8/2)", "8/2=4,96/4=24"),
-])
-def test_countdown_scratchpad_writes_both_steps(solution, steps):
-    assert scratchpad(solution) == steps
-
-
-def test_countdown_plain_target_is_scratchpad_then_solution_and_earns_full_reward():
-    task, row = get_task("countdown", "plain"), {"input": "30,100,93", "output": "23", "solution": "30-(100-93)"}
-    assert task.target(row) == "100-93=7,30-7=23,30-(100-93)" and task.reward(task.target(row), row) == 1.0
-    assert get_task("countdown").target(row) == "<answer>\n30-(100-93)\n</answer>"   # chat: no scratchpad
-    with pytest.raises(ValueError, match="not a generated solution"):
-        scratchpad("30-100-93")
 
 
 def test_countdown_dopsd_gate_reads_a_boxed_expression():

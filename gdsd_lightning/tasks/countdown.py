@@ -9,11 +9,8 @@ Reward (GDSD and d1 releases, gdsd/rewards.py:122-174), on the last closed <answ
 An arithmetic expression is what the release lets Python evaluate: digits, + - * / ( ) . and
 white space, so unary minus, '**', '//' and decimals count, with Python's arithmetic. It is
 parsed with `ast` and computed node by node, never `eval`ed.
-Plain style (the tiny models, no tags): the answer is the completion's final expression, the text
-after its last ',' (a completion without one is read whole), and the 0.1 also needs it to be an
-arithmetic expression (else 0), so the format credit still means something. The tiny base is
-trained to write a scratchpad of the two steps first, "92+61=153,153-91=62,(92+61)-91"
-(`scratchpad`); the reward reads only the final "(92+61)-91".
+Plain style (the tiny models, no tags): the whole completion is the answer, and the 0.1 also
+needs it to be an arithmetic expression (else 0), so the format credit still means something.
 The releases' evaluation scripts and d-OPSD's gate (release="dopsd") read a \\boxed{} answer
 instead: see `boxed_expression`.
 """
@@ -151,25 +148,6 @@ def boxed_correct(completion: str, numbers: list[int], target: int, whole_if_unb
     return correct_expression(boxed_expression(completion, whole_if_unboxed).strip(), numbers, target)
 
 
-def scratchpad(solution: str) -> str:
-    """The two steps of a generated solution `(x o y) o z` or `x o (y o z)` (whose steps have
-    integer values), each `a o b=value`: "(92+61)-91" gives "92+61=153,153-91=62"."""
-    grouped = re.fullmatch(r"\((\d+[+\-*/]\d+)\)([+\-*/])(\d+)|(\d+)([+\-*/])\((\d+[+\-*/]\d+)\)", solution)
-    if grouped is None:
-        raise ValueError(f"{solution!r} is not a generated solution (x o y) o z or x o (y o z)")
-    inner = grouped.group(1) or grouped.group(6)
-    intermediate = int(arithmetic_value(inner))
-    outer = f"{intermediate}{grouped.group(2)}{grouped.group(3)}" if grouped.group(1) else \
-        f"{grouped.group(4)}{grouped.group(5)}{intermediate}"
-    return f"{inner}={intermediate},{outer}={int(arithmetic_value(outer))}"
-
-
-def final_expression(completion: str) -> str:
-    """The plain-style answer: the text after the completion's last ',' (the whole completion
-    when it has none), stripped."""
-    return completion.rsplit(",", 1)[-1].strip()
-
-
 class Countdown(Task):
     name = "countdown"
     # The releases' training set, three-number problems only (gdsd/data_utils.py:159-161); its last
@@ -224,7 +202,7 @@ class Countdown(Task):
         if "solution" not in example:
             raise ValueError("countdown example has no 'solution' field to train on")
         if self.plain:
-            return f"{scratchpad(example['solution'])},{example['solution']}"
+            return example["solution"]
         boxed = f"\\boxed{{{example['solution']}}}" if self.release == "dopsd" else example["solution"]
         return f"<answer>\n{boxed}\n</answer>"
 
@@ -235,7 +213,7 @@ class Countdown(Task):
     def reward(self, completion: str, example: dict) -> float:
         if self.release == "dopsd" and not self.plain:
             return float(boxed_correct(completion, *self.problem(example), whole_if_unboxed=True))
-        answer = final_expression(completion) if self.plain else last_closed_answer(completion)
+        answer = completion.strip() if self.plain else last_closed_answer(completion)
         if answer is None:
             return 0.0
         if self.solves(answer, example):
