@@ -36,12 +36,16 @@ def completions_per_step(cfg) -> int:
     ("diffu_grpo_llada_gsm8k", "diffu_grpo", dict(G=6, rows=96, micro=6, mu=12, lr=3e-6, wd=0.1, steps=128, T=0.9,
                                                   beta=0.04, eps=0.5)),
     ("diffu_grpo_dream_sudoku", "diffu_grpo", dict(G=6, rows=96, micro=6, mu=8, T=0.9, beta=0.04, eps=0.5)),
+    # d1 MATH: train.yaml:60,63 (256 tokens, 128 steps), which math_base.sbatch does not override
+    ("diffu_grpo_llada_math", "diffu_grpo", dict(G=6, rows=96, mu=12, L=256, steps=128)),
     # wd1: 4 GPUs x 6 x 2, mu 12 on GSM8K and countdown, 8 on sudoku
     ("wd1_llada_gsm8k", "wd1", dict(G=6, rows=48, micro=6, mu=12, lr=3e-6, wd=0.1)),
     ("wd1_dream_countdown", "wd1", dict(G=6, rows=48, mu=12)),
     ("wd1_dream_sudoku", "wd1", dict(G=6, rows=48, mu=8)),
     # d-OPSD: one prompt and one rollout per GPU on 4, batch_divide 4, lr 5e-6, passk 8
     ("dopsd_llada_gsm8k", "dopsd", dict(G=1, rows=4, mu=4, lr=5e-6, wd=0.1, steps=128, T=0.9)),
+    # d-OPSD MATH: opsd.yaml:75,78 (256 tokens, 128 steps), which run/math/opsd.sh does not override
+    ("dopsd_llada_math", "dopsd", dict(G=1, rows=4, mu=4, L=256, steps=128)),
 ])
 def test_recipe_values_are_the_release_configs(name, method, values):
     cfg = load_experiment(name)
