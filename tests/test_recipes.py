@@ -62,3 +62,11 @@ def test_dopsd_recipes_keep_the_release_passk_and_gate_rules():
     assert (sudoku.rollout.passk, sudoku.rollout.passk_keep, sudoku.method.gate_min_reward) == (8, "best_reward", 0.25)
     assert (gsm8k.rollout.passk, gsm8k.rollout.passk_keep, gsm8k.method.gate_min_reward) == (8, "first_correct", None)
     assert load_experiment("dopsd_llada_math").method.clamp == 0.04 and not gsm8k.method.skip_gated
+
+
+def test_compare_recipe_mu_runs_dopsd_at_the_release_batch_divide():
+    """`compare --mu recipe` takes each method's Config default; d-OPSD's is BATCH_DIVIDE=4 of every
+    release script (d-opsd/run/{sudoku,countdown,gsm,math}/opsd.sh), not the Config class's 1."""
+    from gdsd_lightning.compare import recipe_mu_overrides
+
+    assert recipe_mu_overrides("dopsd_tiny_sudoku", [])[0] == "method.num_iterations=4"
