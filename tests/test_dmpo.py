@@ -79,3 +79,11 @@ def test_dmpo_trains_and_refuses_odd_replicates(tmp_path, varied_reward):
     assert summary["steps"] == 4 and all(a == a for _, a in summary["val_accuracy"])
     with pytest.raises(UserError, match="num_replicates even"):
         DMPO(DMPOConfig(num_replicates=3), gen_length=6)
+
+
+def test_dmpo_references_the_fixed_base_as_the_release():
+    """The release scores the reference with the LoRA adapters disabled (dmpo_trainer.py:252): the
+    base, never refreshed, whatever run_dmpo.sh's sync flags say."""
+    from gdsd_lightning.config import load_experiment
+
+    assert load_experiment("dmpo_tiny_sudoku").trainer.ref_sync_every_n_steps == 0

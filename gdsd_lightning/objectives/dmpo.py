@@ -18,8 +18,9 @@ K = `num_replicates` antithetic masks: per pair a rate lambda = 0.1 + 0.9 u, eve
 token masked with probability lambda, and the partner masks exactly the other tokens; m_k = the
 masked count (at least 1). All L positions count (the release's loss_mask_non_eos = false). The
 weights are fixed at rollout time; there is no ratio, clip or KL term: the reference acts through
-logRND (the harness's trainer.ref_sync_every_n_steps refreshes it, as the release's launch script
-does every 64 steps). Rewards enter raw; the group softmax makes any per-group shift irrelevant.
+logRND. The reference is the fixed base, as in the release (LoRA with the adapters disabled,
+dmpo_trainer.py:252); trainer.ref_sync_every_n_steps would refresh it. Rewards enter raw; the group
+softmax makes any per-group shift irrelevant.
 """
 
 from __future__ import annotations
