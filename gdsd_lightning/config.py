@@ -90,6 +90,8 @@ class RolloutConfig:
     passk: int = 1                         # attempts per row (d-OPSD's pass@k)
     passk_keep: str = "first_correct"      # first_correct: stop at a correct attempt, else keep the last |
                                            # best_reward: run all attempts, keep the best (ties: the later)
+    dropout: bool = False                  # sample in train mode, dropout active (the releases generate inside
+                                           # their training step); False: eval mode
 
 
 @dataclass

@@ -215,7 +215,8 @@ class DiffusionRLModule(DiffusionModule):
         `passk_keep=first_correct` samples a row again until an attempt is verified correct and keeps
         that one, else its last attempt; `best_reward` runs every attempt and keeps the best-rewarded,
         ties going to the later one (the release's sudoku rule). Objectives with `record_states` also
-        get every intermediate state (N, steps, L).
+        get every intermediate state (N, steps, L). With `rollout.dropout` the policy samples in train
+        mode (LoRA dropout active), as the releases generate inside their training step; else in eval mode.
         """
         group = self.cfg.rollout.num_generations
         repeated = [ex for ex in examples for _ in range(group)]
@@ -223,7 +224,7 @@ class DiffusionRLModule(DiffusionModule):
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         seed = self.rollout_seed()
         generator = generator_for(seed, self.device)
-        self.policy.eval()
+        self.policy.train(self.cfg.rollout.dropout)
         rows = torch.arange(len(repeated), device=self.device)
         kept = self.attempt(prompt_ids, prompt_mask, repeated, rows, generator)
         best_reward = self.cfg.rollout.passk_keep == "best_reward"

@@ -1,0 +1,34 @@
+"""How the training rollouts are sampled and read, against the releases' training steps."""
+
+import pytest
+
+from gdsd_lightning.config import load_experiment
+
+
+def rollout_module(*overrides):
+    from gdsd_lightning.models.build import build_policy
+    from gdsd_lightning.module import DiffusionRLModule
+    from gdsd_lightning.tasks import get_task
+
+    cfg = load_experiment("gdsd_tiny_countdown", ["model.init_from=null", "rollout.num_generations=2", *overrides])
+    return DiffusionRLModule(cfg, build_policy(cfg), get_task("countdown"))
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_rollouts_sample_in_train_mode_with_rollout_dropout_as_the_releases(monkeypatch, tmp_path, tiny_llada, dropout):
+    """The releases generate inside training_step after model.train() (GDSD gdsd_trainer_batchll.py:549),
+    so LoRA dropout is active while sampling: `rollout.dropout=true` samples in train mode."""
+    import gdsd_lightning.module as module_code
+
+    tiny_llada.save(tmp_path / "base")
+    module = rollout_module(f"model.path={tmp_path / 'base'}", "model.lora_r=2", "model.lora_dropout=0.5",
+                            f"rollout.dropout={str(dropout).lower()}")
+    modes, sample = [], module_code.sample
+    monkeypatch.setattr(module_code, "sample", lambda policy, *a, **k: modes.append(policy.training) or sample(policy, *a, **k))
+    module.rollout([{"input": "6,5,78", "output": "79"}])
+    assert modes == [dropout] and module.policy.training
+
+
+def test_the_published_recipes_sample_with_dropout_and_the_tiny_experiments_without():
+    assert load_experiment("diffu_grpo_llada_gsm8k").rollout.dropout and load_experiment("gdsd_dream_sudoku").rollout.dropout
+    assert not load_experiment("gdsd_tiny_sudoku").rollout.dropout
