@@ -92,6 +92,8 @@ class RolloutConfig:
                                            # best_reward: run all attempts, keep the best (ties: the later)
     dropout: bool = False                  # sample in train mode, dropout active (the releases generate inside
                                            # their training step); False: eval mode
+    decode: str = "first_eos"              # the text the reward reads: first_eos (cut at the first EOS) | all (all
+                                           # L tokens, special tokens dropped: the releases) | special (all, kept: d-OPSD)
 
 
 @dataclass
@@ -342,6 +344,8 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
     if cfg.rollout.passk < 1:
         problems.append(f"rollout.passk must be at least 1, got {cfg.rollout.passk}")
+    if cfg.rollout.decode not in ("first_eos", "all", "special"):
+        problems.append(f"rollout.decode must be 'first_eos', 'all' or 'special', got {cfg.rollout.decode!r}")
     if cfg.rollout.passk_keep not in ("first_correct", "best_reward"):
         problems.append(f"rollout.passk_keep must be 'first_correct' or 'best_reward', got {cfg.rollout.passk_keep!r}")
     if cfg.optim.scheduler not in ("constant", "cosine"):

@@ -257,7 +257,7 @@ class DiffusionRLModule(DiffusionModule):
         for objectives that want them, the intermediate states (rows, steps, L) and their blocks."""
         out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.cfg.sampler, self.cfg.rollout.temperature,
                      generator, record_states=self.objective.record_states)
-        texts = self.policy.decode(out.completions)
+        texts = self.policy.decode(out.completions, self.cfg.rollout.decode)
         records = score(self.task, texts, [examples[i] for i in rows.tolist()])
         attempt = {
             "completions": out.completions, "texts": texts, "entropy": out.entropy,

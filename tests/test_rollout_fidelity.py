@@ -32,3 +32,25 @@ def test_rollouts_sample_in_train_mode_with_rollout_dropout_as_the_releases(monk
 def test_the_published_recipes_sample_with_dropout_and_the_tiny_experiments_without():
     assert load_experiment("diffu_grpo_llada_gsm8k").rollout.dropout and load_experiment("gdsd_dream_sudoku").rollout.dropout
     assert not load_experiment("gdsd_tiny_sudoku").rollout.dropout
+
+
+def test_rollout_decode_reads_past_an_early_eos_as_the_releases(tiny_llada):
+    """The releases decode all L tokens with skip_special_tokens=True (GDSD gdsd_trainer_batchll.py:683,
+    d1 diffu_grpo_trainer.py:480): "12<eos>34<eos>" reads "1234"; d-OPSD's gate keeps the special
+    tokens (d_opsd_trainer.py:441); `first_eos` (the tiny experiments) cuts at the EOS."""
+    import torch
+
+    eos, (one, two), (three, four) = tiny_llada.eos_id, *(tiny_llada.tokenizer(t)["input_ids"] for t in ("12", "34"))
+    ids = torch.tensor([[one, two, eos, three, four, eos]])
+    assert [tiny_llada.decode(ids, mode)[0] for mode in ("first_eos", "all", "special")] == ["12", "1234", "12<eos>34<eos>"]
+    recipes = {name: load_experiment(name).rollout.decode for name in ("gdsd_llada_gsm8k", "wd1_dream_sudoku",
+                                                                        "dopsd_llada_sudoku", "gdsd_tiny_sudoku")}
+    assert recipes == {"gdsd_llada_gsm8k": "all", "wd1_dream_sudoku": "all", "dopsd_llada_sudoku": "special",
+                       "gdsd_tiny_sudoku": "first_eos"}
+
+
+def test_an_unknown_rollout_decode_is_refused_in_one_sentence():
+    from gdsd_lightning.errors import UserError
+
+    with pytest.raises(UserError, match="rollout.decode must be"):
+        load_experiment("gdsd_tiny_sudoku", ["rollout.decode=raw"])

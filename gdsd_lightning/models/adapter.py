@@ -153,13 +153,15 @@ class DiffusionLM(nn.Module):
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         return ids
 
-    def decode(self, completion_ids: torch.Tensor) -> list[str]:
-        """Completion texts, each cut at its first EOS."""
+    def decode(self, completion_ids: torch.Tensor, mode: str = "first_eos") -> list[str]:
+        """Completion texts. `first_eos`: each cut at its first EOS, special tokens dropped; `all`: all
+        L tokens, special tokens dropped (the releases' reward input, so text after an early EOS counts);
+        `special`: all L tokens with the special tokens kept (d-OPSD's gate)."""
         texts = []
         for row in completion_ids.tolist():
-            if self.eos_id in row:
+            if mode == "first_eos" and self.eos_id in row:
                 row = row[: row.index(self.eos_id)]
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=mode != "special"))
         return texts
 
     # ---- persistence --------------------------------------------------------------------
