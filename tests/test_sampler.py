@@ -260,3 +260,33 @@ def test_kv_cache_sampling_is_exact_with_one_step_per_block_or_a_refresh_every_s
     exact = sampled()
     assert not torch.equal(sampled(kv_cache=True), exact)
     assert torch.equal(sampled(kv_cache=True, kv_refresh_every=1), exact)
+
+
+def test_prefix_cache_runs_the_block_and_its_suffix_against_the_cached_prefix_as_fast_dllm(tiny_llada, monkeypatch):
+    """Fast-dLLM's generate_with_prefix_cache: at a block's first step a full forward, its keys and
+    values kept for the positions before the block; later steps run x[:, block start:] against
+    them. Written out with the backbone: one commit in the block reaches the fresh suffix, whose
+    keys the dual cache would hold stale."""
+    ids, mask = tiny_llada.encode_prompts(PROMPTS[:1])
+    x, attention = start_sequence(tiny_llada, ids, mask, 8)
+    start, length = ids.shape[1], x.shape[1]
+    block = torch.arange(start, start + 4).unsqueeze(0)
+    _, cache = tiny_llada.window_logits(x, attention, start, length, block)
+    x[:, start] = tiny_llada.tokenizer.convert_tokens_to_ids("3")          # a commit inside the block
+    cached, _ = tiny_llada.window_logits(x, attention, start, length, block, cache)
+    backbone = tiny_llada.transformer.base_model
+    first = backbone(input_ids=start_sequence(tiny_llada, ids, mask, 8)[0], attention_mask=attention, use_cache=True)
+    prefix = first.past_key_values
+    prefix.crop(start - length)                                          # keep the positions before the block
+    rest = backbone(input_ids=x[:, start:], attention_mask=attention, position_ids=torch.arange(start, length).unsqueeze(0),
+                    past_key_values=prefix, use_cache=True)
+    torch.testing.assert_close(cached, tiny_llada.head(rest.last_hidden_state[:, :4]), rtol=1e-5, atol=1e-5)
+    dual, _ = tiny_llada.window_logits(x, attention, start, start + 4, block,
+                                       tiny_llada.window_logits(start_sequence(tiny_llada, ids, mask, 8)[0], attention,
+                                                                start, start + 4, block)[1])
+    assert not torch.allclose(dual, cached)
+
+    windows, window_logits = [], tiny_llada.window_logits
+    monkeypatch.setattr(tiny_llada, "window_logits", lambda x, a, s, e, *r: windows.append((s, e)) or window_logits(x, a, s, e, *r))
+    out = block_sample(tiny_llada, ids, mask, 8, 4, 4, kv_cache="prefix")
+    assert windows == [(start, length)] * 2 + [(start + 4, length)] * 2 and not (out.completions == tiny_llada.mask_id).any()
