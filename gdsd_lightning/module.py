@@ -224,18 +224,8 @@ class DiffusionRLModule(DiffusionModule):
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         seed = self.rollout_seed()
         generator = generator_for(seed, self.device)
-        self.policy.train(self.cfg.rollout.dropout)
-        rows = torch.arange(len(repeated), device=self.device)
-        kept = self.attempt(prompt_ids, prompt_mask, repeated, rows, generator)
-        best_reward = self.cfg.rollout.passk_keep == "best_reward"
-        for _ in range(self.cfg.rollout.passk - 1):
-            pending = rows if best_reward else rows[~kept["correct"]]
-            if len(pending) == 0:
-                break
-            new = self.attempt(prompt_ids, prompt_mask, repeated, pending, generator)
-            replace = new["rewards"] >= kept["rewards"][pending] if best_reward else torch.ones_like(new["correct"])
-            kept = merge_attempt(kept, new, pending, replace)
-        self.policy.train()
+        with self.policy.sampling(self.cfg.rollout.dropout):
+            kept = self.attempts(prompt_ids, prompt_mask, repeated, generator)
         advantages = group_advantages(kept["rewards"], group, self.objective.cfg.advantage,
                                       self.objective.cfg.scale_advantage) if group > 1 else torch.zeros_like(kept["rewards"])
         valid = valid_completion_mask(kept["completions"], self.policy.eos_id)
@@ -250,6 +240,21 @@ class DiffusionRLModule(DiffusionModule):
         if self.objective.record_states:
             batch.extras.update(states=kept["states"], state_blocks=kept["state_blocks"])
         return batch
+
+    def attempts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
+                 generator: torch.Generator) -> dict:
+        """Every row's kept attempt under `rollout.passk` and `rollout.passk_keep`."""
+        rows = torch.arange(len(examples), device=self.device)
+        kept = self.attempt(prompt_ids, prompt_mask, examples, rows, generator)
+        best_reward = self.cfg.rollout.passk_keep == "best_reward"
+        for _ in range(self.cfg.rollout.passk - 1):
+            pending = rows if best_reward else rows[~kept["correct"]]
+            if len(pending) == 0:
+                break
+            new = self.attempt(prompt_ids, prompt_mask, examples, pending, generator)
+            replace = new["rewards"] >= kept["rewards"][pending] if best_reward else torch.ones_like(new["correct"])
+            kept = merge_attempt(kept, new, pending, replace)
+        return kept
 
     def attempt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
                 rows: torch.Tensor, generator: torch.Generator) -> dict:

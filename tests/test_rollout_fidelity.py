@@ -54,3 +54,20 @@ def test_an_unknown_rollout_decode_is_refused_in_one_sentence():
 
     with pytest.raises(UserError, match="rollout.decode must be"):
         load_experiment("gdsd_tiny_sudoku", ["rollout.decode=raw"])
+
+
+def test_sampling_in_train_mode_keeps_the_kv_cache_under_gradient_checkpointing(tiny_llada):
+    """transformers drops the cache of a checkpointed layer in train mode; `sampling` turns the
+    layers' checkpointing off while sampling (no gradient flows there) and restores mode and flags."""
+    import torch
+
+    from gdsd_lightning.diffusion.sampler import block_sample
+
+    ids, mask = tiny_llada.encode_prompts(["12\n", "3456\n"])
+    exact = block_sample(tiny_llada.eval(), ids, mask, 8, 4, 4, kv_cache="prefix").completions
+    tiny_llada.transformer.gradient_checkpointing_enable()
+    tiny_llada.train()
+    with tiny_llada.sampling(dropout=True):
+        assert tiny_llada.training
+        sampled = block_sample(tiny_llada, ids, mask, 8, 4, 4, kv_cache="prefix").completions
+    assert torch.equal(sampled, exact) and tiny_llada.training and tiny_llada.transformer.is_gradient_checkpointing

@@ -14,6 +14,7 @@ row's first real token under left padding, as its own generation does.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -117,6 +118,23 @@ class DiffusionLM(nn.Module):
         hidden = out.last_hidden_state[:, -len(window):]   # index j predicts token start + j
         hidden = torch.take_along_dim(hidden, (positions - start).unsqueeze(-1), dim=1)
         return self.head(hidden), out.past_key_values
+
+    @contextmanager
+    def sampling(self, dropout: bool):
+        """The network as the sampler runs it: train mode (dropout active) when `dropout`, else eval;
+        layer checkpointing off meanwhile (no gradient flows there, and transformers drops a KV cache
+        under it). The mode and checkpointing are restored after."""
+        checkpointed = [m for m in self.modules() if getattr(m, "gradient_checkpointing", False) is True]
+        was_training = self.training
+        for module in checkpointed:
+            module.gradient_checkpointing = False
+        self.train(dropout)
+        try:
+            yield self
+        finally:
+            for module in checkpointed:
+                module.gradient_checkpointing = True
+            self.train(was_training)
 
     @property
     def device(self) -> torch.device:
