@@ -217,7 +217,8 @@ def dream_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     int(n_mask (1 - s/t)) of its masked positions (all remaining at the last step). With tau > 0
     the distribution is Dream's: softmax of logits / tau restricted to its top-p nucleus, sampled by
     float64 Gumbel-max (Dream draws from torch.distributions.Categorical: same distribution, other
-    draws); tau = 0 takes the argmax of the raw logits. The committed positions are those of
+    draws); tau = 0 takes the argmax of the raw logits, and the nucleus still filters them (Dream's
+    `sample_tokens` applies top_p whatever the temperature). The committed positions are those of
     highest confidence sum_v p_v log(p_v + 1e-10) over that same (tempered, filtered) distribution.
     Dream counts n_mask as the batch mean; every row starts from L masks and commits the same
     number each step, so the per-row count used here is that mean at every step.
@@ -232,8 +233,7 @@ def dream_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             out.states.append(x[:, prompt_len:].clone())
             out.state_blocks.append(0)
         logits = proposal_logits(model, x, attention)
-        if temperature > 0:
-            logits = top_p_filter(logits / temperature, top_p)
+        logits = top_p_filter(logits / temperature if temperature > 0 else logits, top_p)   # greedy too
         proposal = gumbel_argmax(logits, 1.0 if temperature > 0 else 0.0, generator)
         confidence = neg_entropy(logits)
         masked = x == model.mask_id
