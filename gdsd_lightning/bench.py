@@ -60,7 +60,7 @@ FAST_THRESHOLD = 0.9                       # fast mode: commit every proposal ab
 # block_sample options (greedy) of the exact schedule and of fast mode's parts
 SAMPLER_MODES = {"exact": {}, "threshold_0.9": dict(threshold=FAST_THRESHOLD), "threshold_0.7": dict(threshold=0.7),
                  "threshold_0.5": dict(threshold=0.5), "kv_cache": dict(kv_cache=True),
-                 "kv_cache_refresh_2": dict(kv_cache=True, kv_refresh_every=2),
+                 "kv_cache_refresh_2": dict(kv_cache=True, kv_refresh_every=2), "kv_cache_prefix": dict(kv_cache="prefix"),
                  "fast": dict(threshold=FAST_THRESHOLD, kv_cache=True)}
 # the MFU section: a ~1B stand-in (LLaDA-8B's vocabulary, 1.08B parameters besides the input embedding),
 # its loss pass and the sampler setting (eval protocol: steps = gen / 2)

@@ -215,7 +215,8 @@ class DiffusionRLModule(DiffusionModule):
         `passk_keep=first_correct` samples a row again until an attempt is verified correct and keeps
         that one, else its last attempt; `best_reward` runs every attempt and keeps the best-rewarded,
         ties going to the later one (the release's sudoku rule). Objectives with `record_states` also
-        get every intermediate state (N, steps, L).
+        get every intermediate state (N, steps, L). With `rollout.dropout` the policy samples in train
+        mode (LoRA dropout active), as the releases generate inside their training step; else in eval mode.
         """
         group = self.cfg.rollout.num_generations
         repeated = [ex for ex in examples for _ in range(group)]
@@ -223,18 +224,8 @@ class DiffusionRLModule(DiffusionModule):
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         seed = self.rollout_seed()
         generator = generator_for(seed, self.device)
-        self.policy.eval()
-        rows = torch.arange(len(repeated), device=self.device)
-        kept = self.attempt(prompt_ids, prompt_mask, repeated, rows, generator)
-        best_reward = self.cfg.rollout.passk_keep == "best_reward"
-        for _ in range(self.cfg.rollout.passk - 1):
-            pending = rows if best_reward else rows[~kept["correct"]]
-            if len(pending) == 0:
-                break
-            new = self.attempt(prompt_ids, prompt_mask, repeated, pending, generator)
-            replace = new["rewards"] >= kept["rewards"][pending] if best_reward else torch.ones_like(new["correct"])
-            kept = merge_attempt(kept, new, pending, replace)
-        self.policy.train()
+        with self.policy.sampling(self.cfg.rollout.dropout):
+            kept = self.attempts(prompt_ids, prompt_mask, repeated, generator)
         advantages = group_advantages(kept["rewards"], group, self.objective.cfg.advantage,
                                       self.objective.cfg.scale_advantage) if group > 1 else torch.zeros_like(kept["rewards"])
         valid = valid_completion_mask(kept["completions"], self.policy.eos_id)
@@ -250,13 +241,28 @@ class DiffusionRLModule(DiffusionModule):
             batch.extras.update(states=kept["states"], state_blocks=kept["state_blocks"])
         return batch
 
+    def attempts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
+                 generator: torch.Generator) -> dict:
+        """Every row's kept attempt under `rollout.passk` and `rollout.passk_keep`."""
+        rows = torch.arange(len(examples), device=self.device)
+        kept = self.attempt(prompt_ids, prompt_mask, examples, rows, generator)
+        best_reward = self.cfg.rollout.passk_keep == "best_reward"
+        for _ in range(self.cfg.rollout.passk - 1):
+            pending = rows if best_reward else rows[~kept["correct"]]
+            if len(pending) == 0:
+                break
+            new = self.attempt(prompt_ids, prompt_mask, examples, pending, generator)
+            replace = new["rewards"] >= kept["rewards"][pending] if best_reward else torch.ones_like(new["correct"])
+            kept = merge_attempt(kept, new, pending, replace)
+        return kept
+
     def attempt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
                 rows: torch.Tensor, generator: torch.Generator) -> dict:
         """One sampling pass over `rows`: completions, texts, rewards, correctness, entropy and,
         for objectives that want them, the intermediate states (rows, steps, L) and their blocks."""
         out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.cfg.sampler, self.cfg.rollout.temperature,
                      generator, record_states=self.objective.record_states)
-        texts = self.policy.decode(out.completions)
+        texts = self.policy.decode(out.completions, self.cfg.rollout.decode)
         records = score(self.task, texts, [examples[i] for i in rows.tolist()])
         attempt = {
             "completions": out.completions, "texts": texts, "entropy": out.entropy,

@@ -73,7 +73,8 @@ class ObjectiveConfig:
     advantage: str = "group_mean"      # group_mean | leave_one_out
     scale_advantage: bool = False      # divide by the group std + 1e-4
     beta: float = 0.0                  # weight of the KL-to-reference term (0: no reference)
-    attend_padding: bool = False       # score with the prompt padding attended (the GDSD and d1 releases)
+    attend_padding: bool = False       # score with the prompt padding attended (GDSD's releases, whose device
+                                       # batches pad; d1, wd1, SPG, DMPO see no padding: one prompt per device batch)
 
 
 class Objective(ABC):
