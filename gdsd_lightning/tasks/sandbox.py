@@ -49,7 +49,7 @@ JUDGE_SOURCE = (HERE / "sandbox_judge.py").read_text()
 SETUP_SOURCE = (HERE / "sandbox_setup.py").read_text()
 RUNNER_SOURCE = (HERE / "sandbox_runner.py").read_text()
 NOBODY = 65534
-CHECKS = ("not_plain", "exited", "base_exception", "protocol", "patched_builtins", "read_outside")   # see sandbox_judge.py
+CHECKS = ("not_plain", "exited", "base_exception", "protocol", "patched_builtins", "read_outside")  # sandbox_judge.py
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,10 @@ class Sandbox:
         if mode["as_nobody"]:
             os.chmod(self.scratch, 0o711)          # nobody may pass through to its work dir only
             os.chown(work_dir, NOBODY, NOBODY)
-        command = [*mode["prefix"], mode["python"], "-I", "-S", "-c", request["setup_source"],
-                   "2" if mode["own_root"] else "1" if mode["namespaces"] else "0", work_dir, str(limits["work_dir_mb"]),
-                   str(limits["max_processes"]), mode["setpriv"] or "", mode["python"], entry]
+        level = "2" if mode["own_root"] else "1" if mode["namespaces"] else "0"     # see sandbox_setup.py
+        command = [*mode["prefix"], mode["python"], "-I", "-S", "-c", request["setup_source"], level, work_dir,
+                   str(limits["work_dir_mb"]), str(limits["max_processes"]), mode["setpriv"] or "", mode["python"],
+                   entry]
         stdin = channel if channel is not None else subprocess.PIPE
         devnull = subprocess.DEVNULL
         self.process = subprocess.Popen(
