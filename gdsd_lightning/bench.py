@@ -132,6 +132,18 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return sorted(times)[len(times) // 2], result
 
 
+def bench_sandbox(repeats: int) -> dict:
+    """Median wall time (ms) of judging a one-line program: one test (the judge, one sandbox) and
+    ten tests (ten sandboxes); per sandbox: the difference over the nine extra."""
+    from gdsd_lightning.tasks.sandbox import isolation, run_tests
+
+    program, test = "def f():\n    return 1\n", "assert f() == 1"
+    one, _ = timed(lambda: run_tests(program, [test]), repeats)
+    ten, _ = timed(lambda: run_tests(program, [test] * 10), repeats)
+    return {"isolation": isolation().describe(), "one_test_ms": round(1000 * one, 1),
+            "per_sandbox_ms": round(1000 * (ten - one) / 9, 1)}
+
+
 def bench_sampler(case: dict, device: str, repeats: int) -> dict:
     model = stand_in(case["hidden"], case["layers"], case["vocab"], device)
     ids, mask = random_prompts(case["batch"], case["prompt"], device)
@@ -392,6 +404,9 @@ def markdown(summary: dict) -> str:
     lines += ["", f"Completion log-probs at V = {LARGE_VOCAB}: peak memory ours {mem['ours']['peak_bytes'] / 2**20:.0f} MiB, "
               f"full-vocabulary {mem['full_vocabulary']['peak_bytes'] / 2**20:.0f} MiB "
               f"(ratio {summary['loss_peak_mem_ratio']})."]
+    box = summary["sandbox"]
+    lines += ["", f"Code sandbox start-up: judging a one-line program with one test {box['one_test_ms']} ms, "
+              f"each further sandbox (one per test) {box['per_sandbox_ms']} ms; protections: {box['isolation']}."]
     scale = summary["scale"]
     if scale is None:
         lines += ["", "MFU: measured with --device cuda only."]
@@ -426,6 +441,8 @@ def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench", 
     measured = [r for r in trained.values() if r is not None]
     print(f"[bench] loss-pass peak memory at V = {LARGE_VOCAB}", flush=True)
     memory = {"ours": measure_memory("ours", device), "full_vocabulary": measure_memory("full", device)}
+    print("[bench] code sandbox start-up", flush=True)
+    sandbox = bench_sandbox(5 if quick else 15)
     scale = None
     if device == "cuda":
         peak = peak or peak_tflops(torch.cuda.get_device_name())
@@ -447,7 +464,8 @@ def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench", 
         "loss_peak_mem_ratio": round(memory["ours"]["peak_bytes"] / max(1, memory["full_vocabulary"]["peak_bytes"]), 3),
         "loss_pass_mfu": scale and scale["loss_pass"]["mfu"], "sampler_mfu": scale and scale["sampler"]["mfu"],
         "sampler_tokens_per_s_1b": scale and scale["sampler"]["tokens_per_s"],
-        "sampler": sampler, "loss_step": losses, "loss_memory": memory, "scale": scale,
+        "sandbox_start_ms": sandbox["per_sandbox_ms"],
+        "sampler": sampler, "loss_step": losses, "sandbox": sandbox, "loss_memory": memory, "scale": scale,
     }
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
