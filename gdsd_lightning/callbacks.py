@@ -52,7 +52,8 @@ class RolloutStatistics(L.Callback):
     rank's peak; `rollout/seconds`, the sampling's wall time, and on rollouts that measured it the
     mismatch to the exact sampler, `rollout/mismatch/<figure>` (module.mismatch_stats, and the
     importance weights' `weight_mean` and `capped_fraction`; means over ranks, max_abs_log_ratio
-    too). Each rollout's seconds and mismatch are kept in `curve` (checkpointed) for summary.json. On the first rollout in each window of `text_every_n_steps` optimiser steps, the
+    too). Each rollout's seconds and mismatch are kept in `curve` (checkpointed) for summary.json.
+    On the first rollout in each window of `text_every_n_steps` optimiser steps, the
     first `num_texts` (prompt, completion, reward) rows go to every logger (`log_samples`)."""
 
     def __init__(self, text_every_n_steps: int = 50, num_texts: int = 4):

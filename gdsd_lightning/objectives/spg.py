@@ -14,7 +14,8 @@ on valid tokens:
 
 (per draw, sum_l w_dl log p_dl / len equals the mean log-prob over the masked valid tokens). The
 EUBO skips tokens no draw masked (their inner mean is 0). No ratio, clip or KL; group-mean
-advantages; w_b: rollout.importance_correction's sequence weight (1 when off). The normaliser sum_b len_b is the micro-batch's (the release's per-device batch).
+advantages; w_b: rollout.importance_correction's sequence weight (1 when off). The normaliser
+sum_b len_b is the micro-batch's (the release's per-device batch).
 The D draws of a row come from one generator per (rollout, iteration, micro-batch), in the
 release's order (`block_random_mask`).
 """
