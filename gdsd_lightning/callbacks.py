@@ -74,8 +74,9 @@ class RolloutStatistics(L.Callback):
             "rollout/completion_length": rollout.lengths.mean(),
             "rollout/entropy": rollout.entropy.mean(),
             **{f"rollout/{name}": values.mean() for name, values in rollout.metrics.items()},
-            "rollout/seconds": torch.tensor(rollout.seconds),
-            **{f"rollout/mismatch/{name}": torch.tensor(value) for name, value in rollout.mismatch.items()},
+            "rollout/seconds": torch.tensor(rollout.seconds, device=module.device),
+            **{f"rollout/mismatch/{name}": torch.tensor(value, device=module.device)
+               for name, value in rollout.mismatch.items()},
         }
         self.curve.append({"rollout": module.rollouts_done, "step": trainer.global_step,
                            "seconds": round(rollout.seconds, 3), **rollout.mismatch})
