@@ -66,7 +66,7 @@ def test_exact_mode_has_no_mismatch_and_the_threshold_only_reranks():
     assert fast.reranked.any() and fast.forwards < exact.forwards
 
 
-def test_the_cache_changes_the_probabilities_of_the_cached_steps_only():
+def test_the_cache_changes_the_probabilities_and_a_refresh_every_step_does_not():
     model = make_tiny(seed=1)
     cached = sampled(model, kv_cache=True)
     assert torch.equal(cached.completions, sampled(model, False, kv_cache=True).completions)   # measuring draws nothing
