@@ -60,7 +60,7 @@ FAST_THRESHOLD = 0.9                       # fast mode: commit every proposal ab
 # block_sample options (greedy) of the exact schedule and of fast mode's parts
 SAMPLER_MODES = {"exact": {}, "threshold_0.9": dict(threshold=FAST_THRESHOLD), "threshold_0.7": dict(threshold=0.7),
                  "threshold_0.5": dict(threshold=0.5), "kv_cache": dict(kv_cache=True),
-                 "kv_cache_refresh_2": dict(kv_cache=True, kv_refresh_every=2),
+                 "kv_cache_refresh_2": dict(kv_cache=True, kv_refresh_every=2), "kv_cache_prefix": dict(kv_cache="prefix"),
                  "fast": dict(threshold=FAST_THRESHOLD, kv_cache=True)}
 # the MFU section: a ~1B stand-in (LLaDA-8B's vocabulary, 1.08B parameters besides the input embedding),
 # its loss pass and the issue's sampler setting (eval protocol: steps = gen / 2)
@@ -130,6 +130,18 @@ def timed(fn, repeats: int) -> tuple[float, object]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2], result
+
+
+def bench_sandbox(repeats: int) -> dict:
+    """Median wall time (ms) of judging a one-line program: one test (the judge, one sandbox) and
+    ten tests (ten sandboxes); per sandbox: the difference over the nine extra."""
+    from gdsd_lightning.tasks.sandbox import isolation, run_tests
+
+    program, test = "def f():\n    return 1\n", "assert f() == 1"
+    one, _ = timed(lambda: run_tests(program, [test]), repeats)
+    ten, _ = timed(lambda: run_tests(program, [test] * 10), repeats)
+    return {"isolation": isolation().describe(), "one_test_ms": round(1000 * one, 1),
+            "per_sandbox_ms": round(1000 * (ten - one) / 9, 1)}
 
 
 def bench_sampler(case: dict, device: str, repeats: int) -> dict:
@@ -392,6 +404,9 @@ def markdown(summary: dict) -> str:
     lines += ["", f"Completion log-probs at V = {LARGE_VOCAB}: peak memory ours {mem['ours']['peak_bytes'] / 2**20:.0f} MiB, "
               f"full-vocabulary {mem['full_vocabulary']['peak_bytes'] / 2**20:.0f} MiB "
               f"(ratio {summary['loss_peak_mem_ratio']})."]
+    box = summary["sandbox"]
+    lines += ["", f"Code sandbox start-up: judging a one-line program with one test {box['one_test_ms']} ms, "
+              f"each further sandbox (one per test) {box['per_sandbox_ms']} ms; protections: {box['isolation']}."]
     scale = summary["scale"]
     if scale is None:
         lines += ["", "MFU: measured with --device cuda only."]
@@ -426,6 +441,8 @@ def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench", 
     measured = [r for r in trained.values() if r is not None]
     print(f"[bench] loss-pass peak memory at V = {LARGE_VOCAB}", flush=True)
     memory = {"ours": measure_memory("ours", device), "full_vocabulary": measure_memory("full", device)}
+    print("[bench] code sandbox start-up", flush=True)
+    sandbox = bench_sandbox(5 if quick else 15)
     scale = None
     if device == "cuda":
         peak = peak or peak_tflops(torch.cuda.get_device_name())
@@ -447,7 +464,8 @@ def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench", 
         "loss_peak_mem_ratio": round(memory["ours"]["peak_bytes"] / max(1, memory["full_vocabulary"]["peak_bytes"]), 3),
         "loss_pass_mfu": scale and scale["loss_pass"]["mfu"], "sampler_mfu": scale and scale["sampler"]["mfu"],
         "sampler_tokens_per_s_1b": scale and scale["sampler"]["tokens_per_s"],
-        "sampler": sampler, "loss_step": losses, "loss_memory": memory, "scale": scale,
+        "sandbox_start_ms": sandbox["per_sandbox_ms"],
+        "sampler": sampler, "loss_step": losses, "sandbox": sandbox, "loss_memory": memory, "scale": scale,
     }
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

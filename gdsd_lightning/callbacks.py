@@ -174,13 +174,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class ValHistory(L.Callback):
     """Keeps, per evaluation, every val metric with the optimiser step, the rollouts drawn and the
-    training seconds so far (saved in checkpoints); logs val sample completions as text, and
-    rewrites summary.json after every evaluation (with RolloutStatistics' per-rollout curve,
-    `rollout_curve`, and its total sampling time, `rollout_seconds`)."""
+    training seconds so far (saved in checkpoints), and how many rollout completions each
+    integrity check caught (code tasks; rank 0's completions); logs val sample completions as
+    text, and rewrites summary.json after every evaluation (with RolloutStatistics' per-rollout
+    curve, `rollout_curve`, and its total sampling time, `rollout_seconds`)."""
 
     def __init__(self, run_dir: Path, experiment: str):
         self.run_dir, self.experiment = run_dir, experiment
         self.curve: list[dict] = []
+        self.integrity: dict[str, int] = {}
         self.elapsed_before = 0.0
         self._start = time.time()
         self._fitting = False          # the evaluation before training is at 0 seconds
@@ -200,6 +202,13 @@ class ValHistory(L.Callback):
         log_samples(trainer, "val/samples", [(s["prompt"], s["completion"], s["reward"]) for s in samples])
         if trainer.is_global_zero:
             self.write_summary(trainer)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        rollout = getattr(module, "last_rollout", None)
+        for name, values in (rollout.metrics if rollout is not None else {}).items():
+            if name.startswith("integrity/"):
+                check = name.removeprefix("integrity/")
+                self.integrity[check] = self.integrity.get(check, 0) + int(values.sum())
 
     @property
     def history(self) -> list[list[float]]:
@@ -233,14 +242,16 @@ class ValHistory(L.Callback):
             "best_step": best[0] if best else None,
             **({"rollout_seconds": round(sum(r["seconds"] for r in rollouts), 1), "rollout_curve": rollouts}
                if rollouts else {}),
+            **({"integrity": self.integrity} if self.integrity else {}),
         })
 
     def state_dict(self) -> dict:
-        return {"curve": self.curve, "elapsed": self.wall_time()}
+        return {"curve": self.curve, "elapsed": self.wall_time(), "integrity": self.integrity}
 
     def load_state_dict(self, state: dict) -> None:
         # checkpoints written before the curve was kept hold only (step, accuracy) pairs
         self.curve = [dict(p) for p in state["curve"]] if "curve" in state else \
             [{"step": step, "accuracy": accuracy} for step, accuracy in state["history"]]
         self.elapsed_before = state["elapsed"]
+        self.integrity = dict(state.get("integrity", {}))      # checkpoints before the counts: none
 

@@ -42,9 +42,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdsd_lightning.config import list_experiments, load_experiment, load_run_config
 from gdsd_lightning.errors import TrainingStopped, UserError
+from gdsd_lightning.objectives import OBJECTIVES, RL_METHODS
 from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root
 
-METHOD_ORDER = ["gdsd", "gdsd_tlc", "diffu_grpo", "wd1", "spg", "espo", "dmpo", "dopsd"]
 NOT_COMPARED = ("run_name", "resume")      # keys that name a run rather than define it
 # Merged over every compared experiment: the same optimiser, schedule and rollouts for all methods, whatever an
 # experiment sets for its own runs (gdsd_tiny_sudoku, `make train`'s demo, has its own lr).
@@ -113,7 +113,7 @@ class RunResult:
 def experiments_for(task: str, methods: list[str] | None) -> dict[str, str]:
     """method -> experiment name, for every method that has a <method>_tiny_<task> experiment."""
     known = set(list_experiments())
-    available = {m: f"{m}_tiny_{task}" for m in METHOD_ORDER if f"{m}_tiny_{task}" in known}
+    available = {m: f"{m}_tiny_{task}" for m in RL_METHODS if f"{m}_tiny_{task}" in known}
     if not available:
         raise UserError(f"no <method>_tiny_{task} experiments in experiments/; is {task!r} a tiny task?")
     if methods:
@@ -198,7 +198,8 @@ def run_one(method: str, experiment: str, lr: float, beta: float | None, seed: i
     what = f"{experiment} lr {lr:g}{'' if beta is None else f' beta {beta:g}'} seed {seed}"
     if run_dir is None:
         print(f"[compare] training {what}", flush=True)
-        name = f"lr{lr:g}{'' if beta is None else f'_beta{beta:g}'}_seed{seed}"
+        mu = cfg.method.num_iterations
+        name = f"lr{lr:g}{'' if beta is None else f'_beta{beta:g}'}{'' if mu == 1 else f'_mu{mu}'}_seed{seed}"
         try:
             run_dir = train_with_base(experiment, [*run_overrides, f"run_name={name}"])
         except TrainingStopped as stopped:
@@ -239,8 +240,6 @@ def base_metrics(experiment: str, overrides: list[str]) -> dict[str, float] | No
 
 def has_kl_anchor(experiment: str, overrides: list[str]) -> bool:
     """Whether the experiment's objective has a KL-to-reference term weighted by `method.beta`."""
-    from gdsd_lightning.objectives import OBJECTIVES
-
     return OBJECTIVES[load_experiment(experiment, overrides).method.name].kl_anchor
 
 
@@ -339,7 +338,7 @@ def plot(results: list[RunResult], rows: list[dict], sweep: list[RunResult], met
     import matplotlib.pyplot as plt
 
     methods = [row["method"] for row in rows]
-    colours = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}
+    colours = {m: f"C{i}" for i, m in enumerate(RL_METHODS)}
     fig, axes = plt.subplots(3, 2, figsize=(12, 12))
     def rollout_xy(tag: str):
         return lambda r, column: [(x if column == 0 else s, v) for x, s, v in r.rollout_curves.get(tag, [])]
@@ -425,14 +424,13 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or list(rows[0])
     header = "| " + " | ".join(columns) + " |"
     rule = "|" + "---|" * len(columns)
-    return "\n".join([header, rule] + ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows])
+    cell = lambda value: "-" if value is None else str(value)
+    return "\n".join([header, rule] + ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows])
 
 
 def recipe_mu_overrides(experiment: str, overrides: list[str]) -> list[str]:
     """The experiment's recipe mu, with the step-counted settings scaled so that the rollout
     budget and the evaluation points (in rollouts) stay those of the mu = 1 comparison."""
-    from gdsd_lightning.objectives import OBJECTIVES
-
     cfg = load_experiment(experiment, overrides)
     mu = OBJECTIVES[cfg.method.name].Config.num_iterations
     t = cfg.trainer

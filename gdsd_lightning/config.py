@@ -74,8 +74,9 @@ class SamplerConfig:
     eps: float = 1e-3                      # dream sampler only
     fast_threshold: Optional[float] = None # fast mode (block sampler): also commit every proposal above this
                                            # confidence each step; None: the exact schedule only (default)
-    kv_cache: bool = False                 # fast mode (block sampler): within a block, run only the block's
-                                           # tokens against cached keys/values of the rest (approximate)
+    kv_cache: Any = False                  # fast mode (block sampler): true / dual: within a block, run only the
+                                           # block's tokens against cached keys/values of the rest; prefix: run the
+                                           # block and its suffix against the cached prefix (Fast-dLLM's; approximate)
     kv_refresh_every: Optional[int] = None # with kv_cache: also rebuild the cache every n steps of a block
                                            # (fresher keys, fewer cached steps); None: once per block
     gumbel_dtype: str = "float64"          # block sampler's Gumbel noise: float64 | model (the upstream
@@ -96,6 +97,10 @@ class RolloutConfig:
     importance_correction: str = "none"    # none | tis | mis: weight each row (token) by the exact-to-sampler
                                            # probability ratio (objectives/base.py, importance_weights)
     importance_cap: float = 2.0            # C of the correction: tis caps the ratio at C, mis zeroes above C
+    dropout: bool = False                  # sample in train mode, dropout active (the releases generate inside
+                                           # their training step); False: eval mode
+    decode: str = "first_eos"              # the text the reward reads: first_eos (cut at the first EOS) | all (all
+                                           # L tokens, special tokens dropped: the releases) | special (all, kept: d-OPSD)
 
 
 @dataclass
@@ -289,6 +294,8 @@ def sampler_problems(sampler: DictConfig) -> list[str]:
         problems.append(f"sampler.steps must be in 1..gen_length ({s.gen_length}), got {s.steps}")
     if s.remasking not in ("low_confidence", "random"):
         problems.append(f"sampler.remasking must be 'low_confidence' or 'random', got {s.remasking!r}")
+    if s.kv_cache not in (False, True, "dual", "prefix"):
+        problems.append(f"sampler.kv_cache must be false, true (dual), 'dual' or 'prefix', got {s.kv_cache!r}")
     if s.fast_threshold is not None and not (0.0 < s.fast_threshold <= 1.0):
         problems.append(f"sampler.fast_threshold must be in (0, 1], got {s.fast_threshold}")
     fast = [f"sampler.{key}" for key in ("fast_threshold", "kv_cache") if s[key] not in (None, False)]
@@ -371,6 +378,8 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
     if cfg.rollout.passk < 1:
         problems.append(f"rollout.passk must be at least 1, got {cfg.rollout.passk}")
+    if cfg.rollout.decode not in ("first_eos", "all", "special"):
+        problems.append(f"rollout.decode must be 'first_eos', 'all' or 'special', got {cfg.rollout.decode!r}")
     if cfg.rollout.passk_keep not in ("first_correct", "best_reward"):
         problems.append(f"rollout.passk_keep must be 'first_correct' or 'best_reward', got {cfg.rollout.passk_keep!r}")
     problems += importance_problems(cfg)

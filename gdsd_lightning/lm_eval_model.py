@@ -93,7 +93,7 @@ class DiffusionHarnessLM(LM):
                  experiment: str | None = None, ckpt: str | None = None, sampler: str | None = None,
                  gen_length: int = 256, steps: int = 128, block_length: int = 32, temperature: float = 0.0,
                  remasking: str = "low_confidence", top_p: float = 0.95, eps: float = 1e-3,
-                 fast_threshold: float | None = None, kv_cache: bool = False, kv_refresh_every: int | None = None,
+                 fast_threshold: float | None = None, kv_cache: bool | str = False, kv_refresh_every: int | None = None,
                  gumbel_dtype: str = "float64",
                  batch_size: int | str | None = 1, seed: int = 1234, num_mc: int = 128, mc_batch_size: int = 32,
                  check_greedy: bool = False, dtype: str = "auto", device: str | None = None,
@@ -118,7 +118,7 @@ class DiffusionHarnessLM(LM):
             "block_length": int(block_length) if kind == "block" else int(gen_length), "temperature": float(temperature),
             "remasking": remasking, "top_p": float(top_p), "eps": float(eps),
             "fast_threshold": None if fast_threshold in (None, "") else float(fast_threshold),
-            "kv_cache": bool(kv_cache),
+            "kv_cache": kv_cache if kv_cache in ("dual", "prefix") else bool(kv_cache),
             "kv_refresh_every": None if kv_refresh_every in (None, "") else int(kv_refresh_every),
             "gumbel_dtype": gumbel_dtype})
         problems = sampler_problems(self.sampler)

@@ -218,7 +218,8 @@ class DiffusionRLModule(DiffusionModule):
         `passk_keep=first_correct` samples a row again until an attempt is verified correct and keeps
         that one, else its last attempt; `best_reward` runs every attempt and keeps the best-rewarded,
         ties going to the later one (the release's sudoku rule). Objectives with `record_states` also
-        get every intermediate state (N, steps, L).
+        get every intermediate state (N, steps, L). With `rollout.dropout` the policy samples in train
+        mode (LoRA dropout active), as the releases generate inside their training step; else in eval mode.
 
         Fast mode (`sampler.kv_cache` or `fast_threshold`) measures the mismatch to the exact sampler
         (`measures_mismatch`); with `rollout.importance_correction` the batch carries its weights,
@@ -231,18 +232,8 @@ class DiffusionRLModule(DiffusionModule):
         seed = self.rollout_seed()
         generator = generator_for(seed, self.device)
         started = time.perf_counter()
-        self.policy.eval()
-        rows = torch.arange(len(repeated), device=self.device)
-        kept = self.attempt(prompt_ids, prompt_mask, repeated, rows, generator)
-        best_reward = self.cfg.rollout.passk_keep == "best_reward"
-        for _ in range(self.cfg.rollout.passk - 1):
-            pending = rows if best_reward else rows[~kept["correct"]]
-            if len(pending) == 0:
-                break
-            new = self.attempt(prompt_ids, prompt_mask, repeated, pending, generator)
-            replace = new["rewards"] >= kept["rewards"][pending] if best_reward else torch.ones_like(new["correct"])
-            kept = merge_attempt(kept, new, pending, replace)
-        self.policy.train()
+        with self.policy.sampling(self.cfg.rollout.dropout):
+            kept = self.attempts(prompt_ids, prompt_mask, repeated, generator)
         seconds = time.perf_counter() - started
         mismatch = mismatch_stats(kept["log_ratio"], kept["reranked"]) if "log_ratio" in kept else {}
         advantages = group_advantages(kept["rewards"], group, self.objective.cfg.advantage,
@@ -276,6 +267,21 @@ class DiffusionRLModule(DiffusionModule):
         return fast and (r.importance_correction != "none" or (r.mismatch_every > 0
                                                               and self.rollouts_done % r.mismatch_every == 0))
 
+    def attempts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
+                 generator: torch.Generator) -> dict:
+        """Every row's kept attempt under `rollout.passk` and `rollout.passk_keep`."""
+        rows = torch.arange(len(examples), device=self.device)
+        kept = self.attempt(prompt_ids, prompt_mask, examples, rows, generator)
+        best_reward = self.cfg.rollout.passk_keep == "best_reward"
+        for _ in range(self.cfg.rollout.passk - 1):
+            pending = rows if best_reward else rows[~kept["correct"]]
+            if len(pending) == 0:
+                break
+            new = self.attempt(prompt_ids, prompt_mask, examples, pending, generator)
+            replace = new["rewards"] >= kept["rewards"][pending] if best_reward else torch.ones_like(new["correct"])
+            kept = merge_attempt(kept, new, pending, replace)
+        return kept
+
     def attempt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
                 rows: torch.Tensor, generator: torch.Generator) -> dict:
         """One sampling pass over `rows`: completions, texts, rewards, correctness, entropy and,
@@ -283,7 +289,7 @@ class DiffusionRLModule(DiffusionModule):
         measured, each token's log-ratio to the exact sampler and whether it reranked (rows, L)."""
         out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.cfg.sampler, self.cfg.rollout.temperature,
                      generator, record_states=self.objective.record_states, measure_mismatch=self.measures_mismatch())
-        texts = self.policy.decode(out.completions)
+        texts = self.policy.decode(out.completions, self.cfg.rollout.decode)
         records = score(self.task, texts, [examples[i] for i in rows.tolist()])
         attempt = {
             "completions": out.completions, "texts": texts, "entropy": out.entropy,

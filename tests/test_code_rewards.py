@@ -1,6 +1,7 @@
 """Code rewards as the GDSD release computes them (gdsd/rewards.py), each value worked out by hand
 from its rule, and the canonical solutions passing the sandbox."""
 
+import json
 import time
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_humaneval_canonical_solutions_pass_all_164():
 
 def test_the_fraction_of_rollout_completions_caught_by_a_check_reaches_tensorboard(tmp_path, monkeypatch):
     """A task whose first quarter of rollout completions an integrity check catches: every rollout
-    logs rollout/integrity/not_plain = 2 / 8 (2 prompts x 4 generations)."""
+    logs rollout/integrity/not_plain = 2 / 8 (2 prompts x 4 generations), and summary.json counts them."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from gdsd_lightning import module
@@ -140,6 +141,8 @@ def test_the_fraction_of_rollout_completions_caught_by_a_check_reaches_tensorboa
     events.Reload()
     caught = [e.value for e in events.Scalars("rollout/integrity/not_plain")]
     assert caught and all(abs(v - 0.25) < 1e-6 for v in caught), caught
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["integrity"] == {"not_plain": 2 * summary["rollouts"]}     # completions caught over the run
 
 
 def test_an_mbpp_function_named_like_a_builtin_is_the_candidates(mbpp):

@@ -117,3 +117,16 @@ def test_configuration_doc_names_every_key():
     keys |= {f.name for objective in OBJECTIVES.values() for f in fields(objective.Config)}
     missing = sorted(key for key in keys if f"`{key}`" not in doc)
     assert not missing, f"docs/configuration.md does not name these config keys: {missing}"
+
+
+@pytest.mark.parametrize("task", ["sudoku", "countdown"])
+def test_the_tiny_tasks_decode_in_blocks_so_dopsd_has_a_future_and_spg_real_blocks(task):
+    """As the published runs decode 8 blocks: at least 4 blocks, 2 tokens per step, in every tiny
+    experiment of the task; d-OPSD trains on the blocks before the last, SPG masks the sampler's blocks."""
+    names = [n for n in list_experiments() if n.endswith(f"_tiny_{task}") or n == f"tiny_{task}_sft"]
+    assert len(names) >= 9
+    for name in names:
+        s = load_experiment(name).sampler
+        assert (s.gen_length // s.block_length >= 4, s.gen_length // s.steps) == (True, 2), name
+    assert not load_experiment(f"dopsd_tiny_{task}").method.record_last_block
+    assert load_experiment(f"spg_tiny_{task}").method.block_length == load_experiment(f"spg_tiny_{task}").sampler.block_length

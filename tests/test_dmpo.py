@@ -43,6 +43,18 @@ def test_dmpo_masked_mean_and_weighted_cross_entropy_by_hand():
     assert torch.allclose(two_rows.grad, torch.tensor([[-0.2, 0.2], [-0.2, 0.2]]))
 
 
+def test_dmpo_device_batch_scale_is_the_release_sum_over_a_device_batch():
+    """dmpo_trainer.py:182: loss = sum over the device batch of sum(CE) / m x A, / num_replicates (the
+    replicates' mean): two rows of a group of 4 give 0.4 x 1.5 - 0.4 x 2.0 = -0.2, where `groups`
+    divides by the half group these rows are: -0.4 (G / device rows = 2 times the release's)."""
+    two_rows = torch.tensor([[-1.0, -3.0], [-2.0, -1.0]])   # CE = [1.5, 2.0]
+    weights = torch.tensor([0.4, -0.4])
+    assert dmpo_loss(two_rows, weights, group_size=4, scale="device_batch").item() == pytest.approx(-0.2)
+    assert dmpo_loss(two_rows, weights, group_size=4).item() == pytest.approx(-0.4)
+    with pytest.raises(Exception, match="method.loss_scale must be"):
+        DMPO(DMPOConfig(loss_scale="rows"), gen_length=6)
+
+
 def test_antithetic_masks_pair_complements_with_rates_from_the_clamped_range():
     masks = antithetic_masks(4, 2000, 512, generator_for(0))
     assert masks.shape == (4, 2000, 512)
@@ -79,3 +91,11 @@ def test_dmpo_trains_and_refuses_odd_replicates(tmp_path, varied_reward):
     assert summary["steps"] == 4 and all(a == a for _, a in summary["val_accuracy"])
     with pytest.raises(UserError, match="num_replicates even"):
         DMPO(DMPOConfig(num_replicates=3), gen_length=6)
+
+
+def test_dmpo_references_the_fixed_base_as_the_release():
+    """The release scores the reference with the LoRA adapters disabled (dmpo_trainer.py:252): the
+    base, never refreshed, whatever run_dmpo.sh's sync flags say."""
+    from gdsd_lightning.config import load_experiment
+
+    assert load_experiment("dmpo_tiny_sudoku").trainer.ref_sync_every_n_steps == 0

@@ -77,13 +77,14 @@ def test_reverse_kl_with_the_elementwise_clamp_matches_a_hand_value():
 
 
 def _rollout(tiny_llada, overrides, correct):
-    """A d-OPSD objective and a 3-row rollout of the tiny countdown layout (two blocks of 8)."""
+    """A d-OPSD objective and a 3-row rollout of 16 tokens in two blocks of 8."""
     from gdsd_lightning.config import load_experiment
     from gdsd_lightning.generation import sample
     from gdsd_lightning.objectives import OBJECTIVES
     from gdsd_lightning.objectives.base import RolloutBatch
 
-    cfg = load_experiment("dopsd_tiny_countdown", ["method.gate_min_reward=null", *overrides])   # gate on `correct`
+    cfg = load_experiment("dopsd_tiny_countdown", ["method.gate_min_reward=null", "sampler.block_length=8",
+                                                    *overrides])   # gate on `correct`
     ids, mask = tiny_llada.encode_prompts(["12\n", "3456\n", "7\n"])
     out = sample(tiny_llada, ids, mask, cfg.sampler, 1.0, generator_for(0), record_states=True)
     batch = RolloutBatch(ids, mask, out.completions, torch.ones_like(out.completions, dtype=torch.bool),

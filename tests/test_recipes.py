@@ -36,12 +36,20 @@ def completions_per_step(cfg) -> int:
     ("diffu_grpo_llada_gsm8k", "diffu_grpo", dict(G=6, rows=96, micro=6, mu=12, lr=3e-6, wd=0.1, steps=128, T=0.9,
                                                   beta=0.04, eps=0.5)),
     ("diffu_grpo_dream_sudoku", "diffu_grpo", dict(G=6, rows=96, micro=6, mu=8, T=0.9, beta=0.04, eps=0.5)),
+    # d1 MATH: train.yaml:60,63 (256 tokens, 128 steps), which math_base.sbatch does not override
+    ("diffu_grpo_llada_math", "diffu_grpo", dict(G=6, rows=96, mu=12, L=256, steps=128)),
     # wd1: 4 GPUs x 6 x 2, mu 12 on GSM8K and countdown, 8 on sudoku
     ("wd1_llada_gsm8k", "wd1", dict(G=6, rows=48, micro=6, mu=12, lr=3e-6, wd=0.1)),
     ("wd1_dream_countdown", "wd1", dict(G=6, rows=48, mu=12)),
     ("wd1_dream_sudoku", "wd1", dict(G=6, rows=48, mu=8)),
+    # DMPO (run_dmpo.sh over dmpo_train_config.yaml): 8 GPUs x 4 x 2 = 64 of G 16, mu 8, T 0.2, lr 1e-6
+    ("dmpo_llada_gsm8k", "dmpo", dict(G=16, rows=64, micro=4, mu=8, lr=1e-6, wd=0.1, steps=128, T=0.2, L=256,
+                                      alpha=0.04, coeff=1.0, num_replicates=4)),
+    ("dmpo_llada_math", "dmpo", dict(G=16, rows=64, micro=4, mu=8, steps=128, T=0.2, L=256)),
     # d-OPSD: one prompt and one rollout per GPU on 4, batch_divide 4, lr 5e-6, passk 8
     ("dopsd_llada_gsm8k", "dopsd", dict(G=1, rows=4, mu=4, lr=5e-6, wd=0.1, steps=128, T=0.9)),
+    # d-OPSD MATH: opsd.yaml:75,78 (256 tokens, 128 steps), which run/math/opsd.sh does not override
+    ("dopsd_llada_math", "dopsd", dict(G=1, rows=4, mu=4, L=256, steps=128)),
 ])
 def test_recipe_values_are_the_release_configs(name, method, values):
     cfg = load_experiment(name)
@@ -58,3 +66,21 @@ def test_dopsd_recipes_keep_the_release_passk_and_gate_rules():
     assert (sudoku.rollout.passk, sudoku.rollout.passk_keep, sudoku.method.gate_min_reward) == (8, "best_reward", 0.25)
     assert (gsm8k.rollout.passk, gsm8k.rollout.passk_keep, gsm8k.method.gate_min_reward) == (8, "first_correct", None)
     assert load_experiment("dopsd_llada_math").method.clamp == 0.04 and not gsm8k.method.skip_gated
+
+
+def test_compare_recipe_mu_runs_dopsd_at_the_release_batch_divide():
+    """`compare --mu recipe` takes each method's Config default; d-OPSD's is BATCH_DIVIDE=4 of every
+    release script (d-opsd/run/{sudoku,countdown,gsm,math}/opsd.sh), not the Config class's 1."""
+    from gdsd_lightning.compare import recipe_mu_overrides
+
+    assert recipe_mu_overrides("dopsd_tiny_sudoku", [])[0] == "method.num_iterations=4"
+
+
+def test_dmpo_recipes_sample_with_the_prefix_cache_and_take_the_release_loss_scale():
+    """run_dmpo.sh: --use_fast_sampler fast_dllm --sampler pd_cache_prefix; dmpo_trainer.py:182's sum
+    per device batch; the adapters-off base as the reference (dmpo_trainer.py:252); clip 0.2 (:23)."""
+    for task in ("gsm8k", "math", "sudoku", "countdown"):
+        cfg = load_experiment(f"dmpo_llada_{task}")
+        assert (cfg.sampler.kv_cache, cfg.method.loss_scale, cfg.trainer.ref_sync_every_n_steps, cfg.optim.grad_clip,
+                cfg.model.quantization, cfg.model.lora_r, cfg.model.lora_alpha) == ("prefix", "device_batch", 0, 0.2,
+                                                                                    "nf4", 128, 64)

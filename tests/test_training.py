@@ -106,6 +106,37 @@ def test_every_baseline_trains_with_old_and_reference_roles(tmp_path, varied_rew
     assert summary["steps"] == 4 and all(a == a for _, a in summary["val_accuracy"])
 
 
+# the objectives whose formula in methods.md has a beta-weighted KL to the reference
+KL_ANCHORED = {"gdsd", "gdsd_tlc", "diffu_grpo", "espo"}
+
+
+@pytest.mark.parametrize("method", ["gdsd", "gdsd_tlc", "diffu_grpo", "wd1", "spg", "espo", "dmpo"])
+def test_kl_anchor_says_whether_the_loss_depends_on_beta(tmp_path, varied_reward, method):
+    """`make compare` tunes beta for exactly the methods whose class declares a KL anchor; for the
+    others method.beta builds no reference and changes nothing. (d-OPSD's beta is its divergence's
+    forward/reverse mix, not an anchor: it is tuned by lr only.)"""
+    from omegaconf import open_dict, read_write
+
+    from gdsd_lightning.module import DiffusionRLModule
+    from gdsd_lightning.objectives import OBJECTIVES
+    from gdsd_lightning.tasks import task_from_config
+
+    assert OBJECTIVES[method].kl_anchor == (method in KL_ANCHORED)
+    cfg = load_experiment(f"{method}_tiny_sudoku", rl_overrides(tmp_path, 1, **{"method.beta": 0.5,
+                                                                                "method.num_iterations": 1}))
+    module = DiffusionRLModule(cfg, build_policy(cfg), task_from_config(cfg.task))
+    batch = module.rollout(module.task.generate(2, seed=0))
+    with torch.no_grad():                     # the policy moves away from the reference
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = module.objective.prepare(module.policy, module.reference, batch)
+    anchored = module.objective.loss(module.policy, batch, 0)[0].item()
+    with open_dict(module.objective.cfg), read_write(module.objective.cfg):
+        module.objective.cfg.beta = 0.0
+    unanchored = module.objective.loss(module.policy, batch, 0)[0].item()
+    assert (anchored != pytest.approx(unanchored, rel=1e-6, abs=1e-9)) == (method in KL_ANCHORED)
+
+
 def test_compare_tunes_lr_then_beta_writes_the_tables_and_plots_and_reuses_finished_runs(tmp_path, varied_reward, capfd):
     import csv
 

@@ -137,7 +137,7 @@ def step_mismatch(used: torch.Tensor, exact: torch.Tensor, proposal: torch.Tenso
 def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
                  block_length: int, steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
                  generator: torch.Generator | None = None, record_states: bool = False,
-                 threshold: float | None = None, kv_cache: bool = False,
+                 threshold: float | None = None, kv_cache: bool | str = False,
                  kv_refresh_every: int | None = None, gumbel_dtype: str = "float64",
                  measure_mismatch: bool = False) -> SampleOutput:
     """LLaDA block sampler.
@@ -164,6 +164,9 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     first step of each block is exact; the later ones see the prefix and the masked suffix as they
     were when the block began. `kv_refresh_every` = n rebuilds the cache at every n-th step of a
     block as well (steps 0, n, 2n, ... are exact), trading speed for fresher keys.
+    `kv_cache="prefix"` (Fast-dLLM's prefix cache, `generate_with_prefix_cache`): only the positions
+    before the block are cached; the later steps run the block and everything after it against them.
+    `True` (or "dual") is the dual cache above.
 
     `measure_mismatch`: `log_ratio` and `reranked` (B, L) hold, at each committed token, the
     log-ratio of its probability under an exact forward at the same state to the one it was drawn
@@ -178,6 +181,8 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
+    if kv_cache not in (False, True, "dual", "prefix"):
+        raise ValueError(f"unknown kv_cache {kv_cache!r}; use false, true / dual or prefix")
     if gumbel_dtype not in ("float64", "model"):
         raise ValueError(f"unknown gumbel_dtype {gumbel_dtype!r}; use float64 or model")
     out = SampleOutput(completions=x[:, prompt_len:])
@@ -202,7 +207,8 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             open_slots = masked.gather(1, slots)
             if kv_cache:
                 refresh = step % (kv_refresh_every or steps_per_block) == 0
-                raw, cache = model.window_logits(x, attention, start, end, start + slots, None if refresh else cache)
+                window_end = x.shape[1] if kv_cache == "prefix" else end
+                raw, cache = model.window_logits(x, attention, start, window_end, start + slots, None if refresh else cache)
             else:
                 raw = model.logits_at(x, attention, start + slots)
             logits = without_mask(model, raw)                              # (B, slots, V) float32
@@ -264,7 +270,8 @@ def dream_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     int(n_mask (1 - s/t)) of its masked positions (all remaining at the last step). With tau > 0
     the distribution is Dream's: softmax of logits / tau restricted to its top-p nucleus, sampled by
     float64 Gumbel-max (Dream draws from torch.distributions.Categorical: same distribution, other
-    draws); tau = 0 takes the argmax of the raw logits. The committed positions are those of
+    draws); tau = 0 takes the argmax of the raw logits, and the nucleus still filters them (Dream's
+    `sample_tokens` applies top_p whatever the temperature). The committed positions are those of
     highest confidence sum_v p_v log(p_v + 1e-10) over that same (tempered, filtered) distribution.
     Dream counts n_mask as the batch mean; every row starts from L masks and commits the same
     number each step, so the per-row count used here is that mean at every step.
@@ -279,8 +286,7 @@ def dream_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             out.states.append(x[:, prompt_len:].clone())
             out.state_blocks.append(0)
         logits = proposal_logits(model, x, attention)
-        if temperature > 0:
-            logits = top_p_filter(logits / temperature, top_p)
+        logits = top_p_filter(logits / temperature if temperature > 0 else logits, top_p)   # greedy too
         proposal = gumbel_argmax(logits, 1.0 if temperature > 0 else 0.0, generator)
         confidence = neg_entropy(logits)
         masked = x == model.mask_id

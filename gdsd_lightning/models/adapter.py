@@ -14,6 +14,7 @@ row's first real token under left padding, as its own generation does.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -118,6 +119,23 @@ class DiffusionLM(nn.Module):
         hidden = torch.take_along_dim(hidden, (positions - start).unsqueeze(-1), dim=1)
         return self.head(hidden), out.past_key_values
 
+    @contextmanager
+    def sampling(self, dropout: bool):
+        """The network as the sampler runs it: train mode (dropout active) when `dropout`, else eval;
+        layer checkpointing off meanwhile (no gradient flows there, and transformers drops a KV cache
+        under it). The mode and checkpointing are restored after."""
+        checkpointed = [m for m in self.modules() if getattr(m, "gradient_checkpointing", False) is True]
+        was_training = self.training
+        for module in checkpointed:
+            module.gradient_checkpointing = False
+        self.train(dropout)
+        try:
+            yield self
+        finally:
+            for module in checkpointed:
+                module.gradient_checkpointing = True
+            self.train(was_training)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -153,13 +171,15 @@ class DiffusionLM(nn.Module):
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         return ids
 
-    def decode(self, completion_ids: torch.Tensor) -> list[str]:
-        """Completion texts, each cut at its first EOS."""
+    def decode(self, completion_ids: torch.Tensor, mode: str = "first_eos") -> list[str]:
+        """Completion texts. `first_eos`: each cut at its first EOS, special tokens dropped; `all`: all
+        L tokens, special tokens dropped (the releases' reward input, so text after an early EOS counts);
+        `special`: all L tokens with the special tokens kept (d-OPSD's gate)."""
         texts = []
         for row in completion_ids.tolist():
-            if self.eos_id in row:
+            if mode == "first_eos" and self.eos_id in row:
                 row = row[: row.index(self.eos_id)]
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=mode != "special"))
         return texts
 
     # ---- persistence --------------------------------------------------------------------

@@ -5,7 +5,7 @@
 
 Most objectives only define `score(model, micro, iteration)` (a per-row or per-token score of the
 rollout) and `loss`; the default `prepare` records that score for the old policy (mu > 1) and the
-reference (beta > 0) under every iteration's masks, and `old_and_ref` hands them back.
+reference (a KL anchor with beta > 0) under every iteration's masks, and `old_and_ref` hands them back.
 
 A rollout batch is split into fixed micro-batches; masks are drawn from generators seeded by
 (rollout seed, iteration, Monte-Carlo index, micro-batch index), so `prepare` and `loss` see the
@@ -79,7 +79,8 @@ class ObjectiveConfig:
     advantage: str = "group_mean"      # group_mean | leave_one_out
     scale_advantage: bool = False      # divide by the group std + 1e-4
     beta: float = 0.0                  # weight of the KL-to-reference term (0: no reference)
-    attend_padding: bool = False       # score with the prompt padding attended (the GDSD and d1 releases)
+    attend_padding: bool = False       # score with the prompt padding attended (GDSD's releases, whose device
+                                       # batches pad; d1, wd1, SPG, DMPO see no padding: one prompt per device batch)
 
 
 class Objective(ABC):
@@ -99,8 +100,8 @@ class Objective(ABC):
 
     @property
     def needs_reference(self) -> bool:
-        """Whether the module must build the frozen reference role."""
-        return self.cfg.beta > 0
+        """Whether the module must build the frozen reference role: for the KL anchor, when weighted."""
+        return self.kl_anchor and self.cfg.beta > 0
 
     @property
     def needs_old(self) -> bool:

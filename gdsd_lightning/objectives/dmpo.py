@@ -12,14 +12,21 @@ prompt (c = `coeff`) point at p* and at its reward-averse twin:
 and every inner iteration draws fresh masks for the weighted denoising cross-entropy
 
     CE_i = mean_k sum_{l masked in k} -log p_theta(x_l | z_k) / m_k
-    loss = sum_i (w+_i - w-_i) CE_i / number of groups
+    loss = sum_i (w+_i - w-_i) CE_i / number of groups            (loss_scale = groups)
+    loss = sum_i (w+_i - w-_i) CE_i per micro-batch               (loss_scale = device_batch)
+
+`device_batch` is the release's normaliser (dmpo_trainer.py:182: the sum over a per-device batch, the
+replicates averaged), which accumulation and DDP then average over device batches: with
+`micro_batch_size` the release's per-device batch it is the release's loss, G / device rows times
+smaller than `groups`'s (it matters once gradient-norm clipping binds).
 
 K = `num_replicates` antithetic masks: per pair a rate lambda = 0.1 + 0.9 u, every completion
 token masked with probability lambda, and the partner masks exactly the other tokens; m_k = the
 masked count (at least 1). All L positions count (the release's loss_mask_non_eos = false). The
 weights are fixed at rollout time; there is no ratio, clip or KL term: the reference acts through
-logRND (the harness's trainer.ref_sync_every_n_steps refreshes it, as the release's launch script
-does every 64 steps). Rewards enter raw; the group softmax makes any per-group shift irrelevant.
+logRND. The reference is the fixed base, as in the release (LoRA with the adapters disabled,
+dmpo_trainer.py:252); trainer.ref_sync_every_n_steps would refresh it. Rewards enter raw; the group
+softmax makes any per-group shift irrelevant.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class DMPOConfig(ObjectiveConfig):
     alpha: float = 0.04                # temperature of the reward tilt
     coeff: float = 1.0                 # c: scale of the softmax logits (the release's fixed coeff)
     num_replicates: int = 4            # K antithetic masks, for the rollout-time ELBO and the loss
+    loss_scale: str = "groups"         # groups: the sum over rows / groups | device_batch: the release's sum
+                                       # per micro-batch (= per-device batch)
 
 
 def dmpo_weights(rewards: torch.Tensor, log_rnd: torch.Tensor, group_size: int, alpha: float,
@@ -56,10 +65,11 @@ def masked_mean_logprobs(logp: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
     return (logp * masks).sum(dim=-1) / masks.sum(dim=-1).clamp(min=1)
 
 
-def dmpo_loss(masked_logp: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
-    """sum_i w_i CE_i / groups, with CE_i = -mean_k masked_logp[k, i]."""
-    cross_entropy = -masked_logp.mean(dim=0)
-    return (weights * cross_entropy).sum() * group_size / weights.shape[0]
+def dmpo_loss(masked_logp: torch.Tensor, weights: torch.Tensor, group_size: int, scale: str = "groups") -> torch.Tensor:
+    """sum_i w_i CE_i, divided by the number of groups of these rows unless `scale` is device_batch,
+    with CE_i = -mean_k masked_logp[k, i]."""
+    total = (weights * -masked_logp.mean(dim=0)).sum()
+    return total if scale == "device_batch" else total * group_size / weights.shape[0]
 
 
 class DMPO(Objective):
@@ -73,6 +83,8 @@ class DMPO(Objective):
         if cfg.alpha <= 0 or cfg.num_replicates < 2 or cfg.num_replicates % 2:
             raise UserError(f"method.alpha must be positive and method.num_replicates even and at least 2 "
                             f"(antithetic pairs); got alpha={cfg.alpha}, num_replicates={cfg.num_replicates}")
+        if cfg.loss_scale not in ("groups", "device_batch"):
+            raise UserError(f"method.loss_scale must be 'groups' or 'device_batch', got {cfg.loss_scale!r}")
 
     @property
     def needs_reference(self) -> bool:
@@ -102,5 +114,5 @@ class DMPO(Objective):
 
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int):
         masked_logp = self.masked_logprobs(policy, batch, iteration)
-        loss = dmpo_loss(masked_logp, batch.extras["weight"], batch.group_size)
+        loss = dmpo_loss(masked_logp, batch.extras["weight"], batch.group_size, self.cfg.loss_scale)
         return loss, {"cross_entropy": -masked_logp.detach().mean()}

@@ -56,7 +56,8 @@ from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBa
 @dataclass
 class DOPSDConfig(ObjectiveConfig):
     name: str = "dopsd"
-    num_iterations: int = 4            # batch_divide (every release script: 4): state chunks per rollout, one step each
+    num_iterations: int = 4            # batch_divide: state chunks per rollout, one optimiser step each (every
+                                       # release script: BATCH_DIVIDE=4, d-opsd/run/*/opsd.sh)
     beta: float = 1.0                  # 1 reverse KL, 0 forward KL, between: generalised JSD
     rho: float = 0.25                  # fraction of the future positions the teacher sees
     top_k_vocab: int = 20              # teacher's top tokens the divergence is restricted to

@@ -11,6 +11,8 @@ white space, so unary minus, '**', '//' and decimals count, with Python's arithm
 parsed with `ast` and computed node by node, never `eval`ed.
 Plain style (the tiny models, no tags): the whole completion is the answer, and the 0.1 also
 needs it to be an arithmetic expression (else 0), so the format credit still means something.
+The tiny base is trained on the solution that keeps the numbers in the prompt's order when one
+exists (`in_order_solution`), else on the generator's: an easy habit that solves most problems.
 The releases' evaluation scripts and d-OPSD's gate (release="dopsd") read a \\boxed{} answer
 instead: see `boxed_expression`.
 """
@@ -148,6 +150,18 @@ def boxed_correct(completion: str, numbers: list[int], target: int, whole_if_unb
     return correct_expression(boxed_expression(completion, whole_if_unboxed).strip(), numbers, target)
 
 
+def in_order_solution(numbers: list[int], target: int) -> str | None:
+    """The first of `(x o y) o z`, `x o (y o z)` with x, y, z the numbers in their given order and
+    o in + - * / (ops in that order, left grouping first) that reaches the target, or None."""
+    x, y, z = numbers
+    for first in "+-*/":
+        for second in "+-*/":
+            for text in (f"({x}{first}{y}){second}{z}", f"{x}{first}({y}{second}{z})"):
+                if correct_expression(text, numbers, target):
+                    return text
+    return None
+
+
 class Countdown(Task):
     name = "countdown"
     # The releases' training set, three-number problems only (gdsd/data_utils.py:159-161); its last
@@ -202,7 +216,7 @@ class Countdown(Task):
         if "solution" not in example:
             raise ValueError("countdown example has no 'solution' field to train on")
         if self.plain:
-            return example["solution"]
+            return in_order_solution(*self.problem(example)) or example["solution"]
         boxed = f"\\boxed{{{example['solution']}}}" if self.release == "dopsd" else example["solution"]
         return f"<answer>\n{boxed}\n</answer>"
 

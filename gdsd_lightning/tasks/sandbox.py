@@ -17,9 +17,14 @@ Protections of the sandbox, in layers (the active ones are logged once, see `iso
 - started as root: the code runs as `nobody` (setpriv), so the process limit binds and files
   of other users (the judge's included) stay out of reach;
 - where unprivileged user namespaces work (`unshare`): fresh user, mount, network and PID
-  namespaces: no network at all (loopback is down), every mount read-only except a size-limited
-  tmpfs on the work dir, no capabilities, the judge out of sight, and every process the code
-  started dies with the namespace's first process.
+  namespaces: no network at all (loopback is down), no capabilities, the judge out of sight, and
+  every process the code started dies with the namespace's first process; and a root of its own
+  (a read-only tmpfs holding `visible_paths`: the interpreter, its standard library without
+  site-packages, setpriv, their shared libraries; a fresh /proc of its PID namespace; /dev/null,
+  zero, full, random, urandom; a size-limited tmpfs work dir), the host's root detached;
+- fallback where that root cannot be built (no ldd, pivot_root refused, an unknown architecture):
+  the same namespaces with every host mount read-only, which stays READABLE, and the host's /proc
+  (the log line says so).
 
 Not covered: without namespaces a child that calls setsid() escapes the process-group kill.
 """
@@ -36,7 +41,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -44,7 +49,7 @@ JUDGE_SOURCE = (HERE / "sandbox_judge.py").read_text()
 SETUP_SOURCE = (HERE / "sandbox_setup.py").read_text()
 RUNNER_SOURCE = (HERE / "sandbox_runner.py").read_text()
 NOBODY = 65534
-CHECKS = ("not_plain", "exited", "base_exception", "protocol", "patched_builtins")   # see sandbox_judge.py
+CHECKS = ("not_plain", "exited", "base_exception", "protocol", "patched_builtins", "read_outside")  # sandbox_judge.py
 
 
 @dataclass(frozen=True)
@@ -171,14 +176,20 @@ class Isolation:
     setpriv: str | None
     as_nobody: bool
     namespaces: bool
+    own_root: bool = False      # a minimal root of its own (else, with namespaces: the host's, read-only)
+    visible: tuple = ()         # what that root shows, read-only (`visible_paths`)
 
     def describe(self) -> str:
         layers = ["own process group + wall-clock kill", "rlimits (memory, cpu, file size, files, processes)",
                   "scrubbed environment", "verdicts by a separate judge process"]
         if self.as_nobody:
             layers.append("runs as nobody")
-        if self.namespaces:
-            layers.append("user/mount/net/pid namespaces: read-only filesystem, no network, no capabilities")
+        if self.own_root:
+            layers.append("user/mount/net/pid namespaces: a root holding only the interpreter, its standard "
+                          "library and the work dir, its own /proc, no network, no capabilities")
+        elif self.namespaces:
+            layers.append("user/mount/net/pid namespaces: the host's filesystem read-only but READABLE (no root "
+                          "of its own here), the host's /proc, no network, no capabilities")
         else:
             layers.append("NO namespaces (unshare unavailable): filesystem and network are not isolated")
         return "; ".join(layers)
@@ -202,9 +213,34 @@ def isolation() -> Isolation:
     if unshare and setpriv:
         namespaced = Isolation(python, (*drop, unshare, "--map-root-user", "--net", "--mount", "--pid",
                                         "--fork", "--kill-child", "--"), setpriv, bool(drop), True)
-        if script("print('ok')", Limits(timeout_s=30), namespaced).passed:
-            return log(namespaced)
+        modes = [namespaced]
+        visible = visible_paths(os.path.realpath(python), setpriv)
+        if visible:
+            modes.insert(0, replace(namespaced, python=os.path.realpath(python), own_root=True, visible=visible))
+        for mode in modes:
+            if script("print('ok')", Limits(timeout_s=30), mode).passed:
+                return log(mode)
     return log(plain)
+
+
+def visible_paths(python: str, setpriv: str) -> tuple:
+    """What a sandbox's own root shows: `python`, its standard library (no site-packages), setpriv
+    and the directories of the shared libraries they and the stdlib's extension modules load
+    (found with ldd); () where ldd is missing or fails."""
+    ldd = shutil.which("ldd")
+    found = subprocess.run([python, "-I", "-S", "-c", "import json, sys; print(json.dumps(sys.path))"],
+                           capture_output=True, text=True)
+    if not ldd or found.returncode != 0:
+        return ()
+    library = [path for path in json.loads(found.stdout) if path and os.path.exists(path)]
+    binaries = [python, os.path.realpath(setpriv)]
+    extensions = [str(p) for path in library if os.path.isdir(path) for p in Path(path).glob("lib-dynload/*.so")]
+    linked = subprocess.run([ldd, *binaries, *extensions], capture_output=True, text=True)
+    if linked.returncode != 0:
+        return ()
+    shared = {os.path.dirname(word) for line in linked.stdout.splitlines() if not line.endswith(":")
+              for word in line.split() if word.startswith("/")}
+    return tuple(sorted({*binaries, *library, *shared}))
 
 
 def log(mode: Isolation) -> Isolation:

@@ -22,6 +22,7 @@ and no integrity check fired during it. Checks (each fails the test and is repor
   base_exception the candidate raised SystemExit / KeyboardInterrupt / another non-Exception
   protocol       a malformed or oversized message on the channel
   patched_builtins  (reported by the sandbox, so advisory only: it does not fail a test)
+  read_outside   (advisory, reported by the sandbox) an open outside the work dir that found nothing
 """
 
 import ast
@@ -47,7 +48,8 @@ OUTPUT_BYTES = 64 * 1024          # stdout / stderr tail kept in script mode
 DETAIL_CHARS = 300
 PLAIN_SCALARS = (int, float, complex, str, bytes, bool, type(None))
 PLAIN_CONTAINERS = (list, tuple, set, frozenset, dict)
-CHECKS = ("not_plain", "exited", "base_exception", "protocol", "patched_builtins")
+CHECKS = ("not_plain", "exited", "base_exception", "protocol", "patched_builtins", "read_outside")
+ADVISORY = {"patched_builtins", "read_outside"}
 
 
 class Integrity(BaseException):
@@ -74,9 +76,10 @@ class Sandbox:
         if mode["as_nobody"]:
             os.chmod(self.scratch, 0o711)          # nobody may pass through to its work dir only
             os.chown(work_dir, NOBODY, NOBODY)
-        command = [*mode["prefix"], mode["python"], "-I", "-S", "-c", request["setup_source"],
-                   "1" if mode["namespaces"] else "0", work_dir, str(limits["work_dir_mb"]),
-                   str(limits["max_processes"]), mode["setpriv"] or "", mode["python"], entry]
+        level = "2" if mode["own_root"] else "1" if mode["namespaces"] else "0"     # see sandbox_setup.py
+        command = [*mode["prefix"], mode["python"], "-I", "-S", "-c", request["setup_source"], level, work_dir,
+                   str(limits["work_dir_mb"]), str(limits["max_processes"]), mode["setpriv"] or "", mode["python"],
+                   entry]
         stdin = channel if channel is not None else subprocess.PIPE
         devnull = subprocess.DEVNULL
         self.process = subprocess.Popen(
@@ -84,7 +87,7 @@ class Sandbox:
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work_dir},
             preexec_fn=lambda: apply_limits(limits, limits["test_timeout_s"] if channel is not None
                                             else limits["timeout_s"]))
-        line = (json.dumps({"files": files}) + "\n").encode()
+        line = (json.dumps({"files": files, "visible": mode["visible"]}) + "\n").encode()
         if channel is None:
             try:
                 self.process.stdin.write(line)
@@ -209,8 +212,12 @@ class Channel:
             self.fail("protocol", f"{type(error).__name__}: {error}")
         if type(message) is not tuple or not message or type(message[0]) is not str:
             self.fail("protocol", "a message that is not a (kind, ...) tuple")
-        if len(message) > 1 and message[-1] is True and message[0] != "hello":
-            self.checks.add("patched_builtins")
+        report = message[-1] if message[0] != "hello" else None        # (patched builtins, failed opens)
+        if type(report) is tuple and len(report) == 2:
+            if report[0] is True:
+                self.checks.add("patched_builtins")
+            if type(report[1]) is int and report[1] > 0:
+                self.checks.add("read_outside")
         return message
 
     def read(self, size: int) -> bytes:
@@ -318,7 +325,7 @@ def run_test(request: dict, files: dict, test: str, deadline: float) -> dict:
     finally:
         sandbox.stop()
         ours.close()
-    fired = channel.checks - {"patched_builtins"}
+    fired = channel.checks - ADVISORY
     if fired and outcome not in CHECKS:              # a check fired even though the test caught it
         outcome = sorted(fired)[0]
     return {"passed": outcome == "passed", "outcome": outcome, "detail": detail[:DETAIL_CHARS],

@@ -4,9 +4,11 @@ Stdlib only; written into the work dir and run as `python -I runner.py` with the
 on stdin. It loads `solution.py` (then `setup.py`, MBPP's setup code, after it) as the module
 `solution` and answers calls: ("call", reference, args, kwargs) -> ("value", plain answer) |
 ("object", index, type name) for what a class of the candidate's builds | ("raised", name,
-message, is Exception) | ("not plain", type name). Every reply ends with whether the builtins
-were replaced. Nothing here is trusted once the candidate's code has run: the judge checks every
-message it receives, and decides every verdict itself.
+message, is Exception) | ("not plain", type name). Every reply ends with (whether the
+builtins were replaced, how many opens outside the work dir named a missing or unreadable path:
+an audit hook counts those of Python's `open` / `os.open`). It deletes runner.py before the
+candidate's code runs. Nothing here is trusted once the candidate's code has run: the judge
+checks every message it receives, and decides every verdict itself.
 """
 
 import builtins
@@ -69,13 +71,22 @@ class Server:
         self.module = types.ModuleType("solution")
         self.objects: list = []
         self.builtins = dict(vars(builtins))
+        self.failed_opens = 0
+        self.work_dir = os.getcwd() + os.sep
+        sys.addaudithook(self.audit)
+
+    def audit(self, event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], (str, bytes)):     # an int is an fd
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if not path.startswith(self.work_dir) and not os.access(path, os.R_OK):
+                self.failed_opens += 1
 
     def patched(self) -> bool:
         current = vars(builtins)
         return any(current.get(name) is not value for name, value in self.builtins.items())
 
     def send(self, *message) -> None:
-        payload = pickle.dumps((*message, self.patched()), protocol=5)
+        payload = pickle.dumps((*message, (self.patched(), self.failed_opens)), protocol=5)
         self.sock.sendall(struct.pack("!I", len(payload)) + payload)
 
     def receive(self):
@@ -143,6 +154,7 @@ class Server:
 
 
 def main() -> None:
+    os.remove(sys.argv[0])
     sock = socket.socket(fileno=os.dup(0))
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     Server(sock).serve()
