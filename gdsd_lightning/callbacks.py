@@ -49,12 +49,17 @@ class RolloutStatistics(L.Callback):
     the mean over its positions of the entropy of the prediction that committed each), each a batch
     mean; the task's extra metrics averaged over the completions (code: `integrity/<check>`, the
     fraction caught by each integrity check of the sandbox); on CUDA `system/peak_memory_gib`, the mean over ranks of each
-    rank's peak. On the first rollout in each window of `text_every_n_steps` optimiser steps, the
+    rank's peak; `rollout/seconds`, the sampling's wall time, and on rollouts that measured it the
+    mismatch to the exact sampler, `rollout/mismatch/<figure>` (module.mismatch_stats, and the
+    importance weights' `weight_mean` and `capped_fraction`; means over ranks, max_abs_log_ratio
+    too). Each rollout's seconds and mismatch are kept in `curve` (checkpointed) for summary.json.
+    On the first rollout in each window of `text_every_n_steps` optimiser steps, the
     first `num_texts` (prompt, completion, reward) rows go to every logger (`log_samples`)."""
 
     def __init__(self, text_every_n_steps: int = 50, num_texts: int = 4):
         self.text_every_n_steps, self.num_texts = text_every_n_steps, num_texts
         self._last_text_step = -1
+        self.curve: list[dict] = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         rollout = getattr(module, "last_rollout", None)
@@ -69,7 +74,12 @@ class RolloutStatistics(L.Callback):
             "rollout/completion_length": rollout.lengths.mean(),
             "rollout/entropy": rollout.entropy.mean(),
             **{f"rollout/{name}": values.mean() for name, values in rollout.metrics.items()},
+            "rollout/seconds": torch.tensor(rollout.seconds, device=module.device),
+            **{f"rollout/mismatch/{name}": torch.tensor(value, device=module.device)
+               for name, value in rollout.mismatch.items()},
         }
+        self.curve.append({"rollout": module.rollouts_done, "step": trainer.global_step,
+                           "seconds": round(rollout.seconds, 3), **rollout.mismatch})
         if module.device.type == "cuda":   # per rank; the logged value is the mean over ranks
             stats["system/peak_memory_gib"] = torch.tensor(torch.cuda.max_memory_allocated(module.device) / 2**30,
                                                            device=module.device)
@@ -80,6 +90,12 @@ class RolloutStatistics(L.Callback):
             self._last_text_step = step
             rows = list(zip(rollout.prompts, rollout.completions, rollout.rewards.tolist()))[: self.num_texts]
             log_samples(trainer, "rollout/samples", rows)
+
+    def state_dict(self) -> dict:
+        return {"curve": self.curve}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curve = list(state.get("curve", []))   # checkpoints from before the curve have none
 
 
 class ReferenceSync(L.Callback):
@@ -160,7 +176,8 @@ class ValHistory(L.Callback):
     """Keeps, per evaluation, every val metric with the optimiser step, the rollouts drawn and the
     training seconds so far (saved in checkpoints), and how many rollout completions each
     integrity check caught (code tasks; rank 0's completions); logs val sample completions as
-    text, and rewrites summary.json after every evaluation."""
+    text, and rewrites summary.json after every evaluation (with RolloutStatistics' per-rollout
+    curve, `rollout_curve`, and its total sampling time, `rollout_seconds`)."""
 
     def __init__(self, run_dir: Path, experiment: str):
         self.run_dir, self.experiment = run_dir, experiment
@@ -210,6 +227,7 @@ class ValHistory(L.Callback):
         time of the fits a resumed run continues)."""
         history = self.history
         best = max(history, key=lambda p: p[1]) if history else None
+        rollouts = next((cb.curve for cb in trainer.callbacks if isinstance(cb, RolloutStatistics)), [])
         write_json(self.run_dir / "summary.json", {
             **({"stopped": stopped} if stopped else {}),
             "experiment": self.experiment,
@@ -222,6 +240,8 @@ class ValHistory(L.Callback):
             "final_val_accuracy": history[-1][1] if history else None,
             "best_val_accuracy": best[1] if best else None,
             "best_step": best[0] if best else None,
+            **({"rollout_seconds": round(sum(r["seconds"] for r in rollouts), 1), "rollout_curve": rollouts}
+               if rollouts else {}),
             **({"integrity": self.integrity} if self.integrity else {}),
         })
 

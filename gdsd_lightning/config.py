@@ -91,6 +91,12 @@ class RolloutConfig:
     passk: int = 1                         # attempts per row (d-OPSD's pass@k)
     passk_keep: str = "first_correct"      # first_correct: stop at a correct attempt, else keep the last |
                                            # best_reward: run all attempts, keep the best (ties: the later)
+    mismatch_every: int = 1                # with sampler.kv_cache or fast_threshold: measure the rollout's
+                                           # mismatch to the exact sampler every n rollouts (0: never; one
+                                           # uncached forward more per cached step; docs/sampling.md)
+    importance_correction: str = "none"    # none | tis | mis: weight each row (token) by the exact-to-sampler
+                                           # probability ratio (objectives/base.py, importance_weights)
+    importance_cap: float = 2.0            # C of the correction: tis caps the ratio at C, mis zeroes above C
     dropout: bool = False                  # sample in train mode, dropout active (the releases generate inside
                                            # their training step); False: eval mode
     decode: str = "first_eos"              # the text the reward reads: first_eos (cut at the first EOS) | all (all
@@ -329,6 +335,31 @@ def eval_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+IMPORTANCE_CORRECTIONS = ("none", "tis", "mis")     # rollout.importance_correction (objectives/base.py)
+
+
+def importance_problems(cfg: DictConfig) -> list[str]:
+    """One sentence for each rollout.* mismatch setting that cannot run with this sampler and method."""
+    from gdsd_lightning.objectives import OBJECTIVES
+
+    r, problems = cfg.rollout, []
+    if r.mismatch_every < 0:
+        problems.append(f"rollout.mismatch_every must be 0 (never) or a positive number of rollouts, got {r.mismatch_every}")
+    if r.importance_correction not in IMPORTANCE_CORRECTIONS:
+        problems.append(f"rollout.importance_correction must be one of {', '.join(IMPORTANCE_CORRECTIONS)}, "
+                        f"got {r.importance_correction!r}")
+    elif r.importance_correction != "none":
+        refusal = getattr(OBJECTIVES[cfg.method.name], "importance_refusal", "it trains on no rollouts")
+        if r.importance_cap <= 0:
+            problems.append(f"rollout.importance_cap must be positive, got {r.importance_cap}")
+        if not cfg.sampler.kv_cache:
+            problems.append("rollout.importance_correction needs sampler.kv_cache=true: without the cache every "
+                            "forward is exact and every weight would be 1")
+        if getattr(OBJECTIVES[cfg.method.name], "importance_level", None) is None:
+            problems.append(f"rollout.importance_correction cannot be used with {cfg.method.name}: {refusal}")
+    return problems
+
+
 def check_combinations(cfg: DictConfig) -> None:
     """Refuse settings that cannot work together, in one sentence each."""
     s = cfg.sampler
@@ -351,6 +382,7 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"rollout.decode must be 'first_eos', 'all' or 'special', got {cfg.rollout.decode!r}")
     if cfg.rollout.passk_keep not in ("first_correct", "best_reward"):
         problems.append(f"rollout.passk_keep must be 'first_correct' or 'best_reward', got {cfg.rollout.passk_keep!r}")
+    problems += importance_problems(cfg)
     if cfg.optim.scheduler not in ("constant", "cosine"):
         problems.append(f"optim.scheduler must be 'constant' or 'cosine', got {cfg.optim.scheduler!r}")
     mu = cfg.method.get("num_iterations", 1)
@@ -367,10 +399,13 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append("set at most one of model.path and model.init_from")
     if cfg.trainer.strategy == "fsdp" and not str(cfg.trainer.devices).isdigit():
         problems.append(f"trainer.devices must be a number of devices with trainer.strategy=fsdp, got {cfg.trainer.devices!r}")
-    fast = [f"sampler.{key}" for key in ("fast_threshold", "kv_cache") if s[key] not in (None, False)]
-    if fast and getattr(OBJECTIVES[cfg.method.name], "record_states", False):
-        problems.append(f"{' and '.join(fast)} cannot be used with {cfg.method.name} (it trains on the states of "
-                        "the exact schedule)")
+    if getattr(OBJECTIVES[cfg.method.name], "record_states", False):   # d-OPSD; docs/sampling.md, "Fast rollouts in RL"
+        reasons = {"fast_threshold": "the threshold commits more than the L / steps positions it distils per "
+                                     "recorded state and ends blocks early, so states and positions disagree",
+                   "kv_cache": "the cache would record states drawn by an approximate model, off-policy for the "
+                               "student it distils there"}
+        problems += [f"sampler.{key} cannot be used with {cfg.method.name}: {reason}"
+                     for key, reason in reasons.items() if s[key] not in (None, False)]
     unknown_loggers = [name for name in cfg.trainer.logger.split(",") if name not in LOGGERS]
     if unknown_loggers:
         problems.append(f"trainer.logger: unknown logger(s) {', '.join(map(repr, unknown_loggers))}; "

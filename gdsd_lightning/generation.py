@@ -32,16 +32,18 @@ def encode_prompts(policy: DiffusionLM, task: Task, examples: list[dict], task_c
 
 
 def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: DictConfig,
-           temperature: float, generator: torch.Generator | None = None, record_states: bool = False) -> SampleOutput:
+           temperature: float, generator: torch.Generator | None = None, record_states: bool = False,
+           measure_mismatch: bool = False) -> SampleOutput:
     """Run the configured sampler (`sampler.kind`) at `temperature`; `sampler.fast_threshold` and
     `sampler.kv_cache` are the block sampler's fast mode (confident parallel commits, cached keys
-    and values outside the current block), `sampler.gumbel_dtype` its noise precision."""
+    and values outside the current block), `sampler.gumbel_dtype` its noise precision;
+    `measure_mismatch` (block sampler) compares every commit with the exact sampler's."""
     if sampler.kind == "dream":
         return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
                             sampler.top_p, sampler.eps, generator, record_states)
     return block_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length, sampler.steps,
                         temperature, sampler.remasking, generator, record_states, sampler.fast_threshold,
-                        sampler.kv_cache, sampler.kv_refresh_every, sampler.gumbel_dtype)
+                        sampler.kv_cache, sampler.kv_refresh_every, sampler.gumbel_dtype, measure_mismatch)
 
 
 def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict]:

@@ -13,7 +13,8 @@ when beta > 0) and supplies the loss.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -28,7 +29,7 @@ from gdsd_lightning.generation import encode_prompts, generate_and_score, sample
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.models.lora import frozen_reference
 from gdsd_lightning.objectives import OBJECTIVES
-from gdsd_lightning.objectives.base import RolloutBatch, group_advantages, zero_loss
+from gdsd_lightning.objectives.base import RolloutBatch, group_advantages, importance_weights, zero_loss
 from gdsd_lightning.objectives.sft import masked_diffusion_loss
 from gdsd_lightning.tasks import Task
 
@@ -159,6 +160,8 @@ class RolloutLog:
     entropy: torch.Tensor
     group_size: int
     metrics: dict[str, torch.Tensor]   # the task's extra metrics per completion (code: integrity/<check>)
+    seconds: float = 0.0               # wall time of the sampling (all attempts, mismatch measurement included)
+    mismatch: dict[str, float] = field(default_factory=dict)   # `mismatch_stats` (+ weights), measured rollouts
 
 
 class DiffusionRLModule(DiffusionModule):
@@ -217,6 +220,10 @@ class DiffusionRLModule(DiffusionModule):
         ties going to the later one (the release's sudoku rule). Objectives with `record_states` also
         get every intermediate state (N, steps, L). With `rollout.dropout` the policy samples in train
         mode (LoRA dropout active), as the releases generate inside their training step; else in eval mode.
+
+        Fast mode (`sampler.kv_cache` or `fast_threshold`) measures the mismatch to the exact sampler
+        (`measures_mismatch`); with `rollout.importance_correction` the batch carries its weights,
+        per row from the summed log-ratio or per token (`Objective.importance_level`).
         """
         group = self.cfg.rollout.num_generations
         repeated = [ex for ex in examples for _ in range(group)]
@@ -224,22 +231,41 @@ class DiffusionRLModule(DiffusionModule):
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         seed = self.rollout_seed()
         generator = generator_for(seed, self.device)
+        started = time.perf_counter()
         with self.policy.sampling(self.cfg.rollout.dropout):
             kept = self.attempts(prompt_ids, prompt_mask, repeated, generator)
+        seconds = time.perf_counter() - started
+        mismatch = mismatch_stats(kept["log_ratio"], kept["reranked"]) if "log_ratio" in kept else {}
         advantages = group_advantages(kept["rewards"], group, self.objective.cfg.advantage,
                                       self.objective.cfg.scale_advantage) if group > 1 else torch.zeros_like(kept["rewards"])
         valid = valid_completion_mask(kept["completions"], self.policy.eos_id)
         self.last_rollout = RolloutLog(prompts, kept["texts"], kept["rewards"], advantages,
                                        (kept["completions"] != self.policy.eos_id).cumprod(1).sum(1).float(),
                                        kept["entropy"], group,
-                                       dict(zip(self.task.extra_metric_names, kept["metrics"].unbind(1))))
+                                       dict(zip(self.task.extra_metric_names, kept["metrics"].unbind(1))),
+                                       seconds, mismatch)
         if self.objective.cfg.attend_padding:   # the releases' scoring forwards take no attention mask
             prompt_mask = torch.ones_like(prompt_mask)
         batch = RolloutBatch(prompt_ids, prompt_mask, kept["completions"], valid, kept["rewards"], advantages,
                              seed, group, correct=kept["correct"])
         if self.objective.record_states:
             batch.extras.update(states=kept["states"], state_blocks=kept["state_blocks"])
+        correction = self.cfg.rollout.importance_correction
+        if correction != "none":
+            per_token = self.objective.importance_level == "token"
+            log_ratio = kept["log_ratio"] if per_token else kept["log_ratio"].sum(1)
+            batch.extras["importance_weight"] = importance_weights(log_ratio, correction, self.cfg.rollout.importance_cap)
+            mismatch.update(weight_mean=float(batch.importance_weight.mean()),
+                            capped_fraction=float((log_ratio > math.log(self.cfg.rollout.importance_cap)).float().mean()))
         return batch
+
+    def measures_mismatch(self) -> bool:
+        """Whether this rollout compares the fast sampler with the exact one: in fast mode, every
+        rollout with an importance correction, else every `rollout.mismatch_every`-th (0: none)."""
+        s, r = self.cfg.sampler, self.cfg.rollout
+        fast = s.kind == "block" and (s.kv_cache or s.fast_threshold is not None)
+        return fast and (r.importance_correction != "none" or (r.mismatch_every > 0
+                                                              and self.rollouts_done % r.mismatch_every == 0))
 
     def attempts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
                  generator: torch.Generator) -> dict:
@@ -259,9 +285,10 @@ class DiffusionRLModule(DiffusionModule):
     def attempt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
                 rows: torch.Tensor, generator: torch.Generator) -> dict:
         """One sampling pass over `rows`: completions, texts, rewards, correctness, entropy and,
-        for objectives that want them, the intermediate states (rows, steps, L) and their blocks."""
+        for objectives that want them, the intermediate states (rows, steps, L) and their blocks; when
+        measured, each token's log-ratio to the exact sampler and whether it reranked (rows, L)."""
         out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.cfg.sampler, self.cfg.rollout.temperature,
-                     generator, record_states=self.objective.record_states)
+                     generator, record_states=self.objective.record_states, measure_mismatch=self.measures_mismatch())
         texts = self.policy.decode(out.completions, self.cfg.rollout.decode)
         records = score(self.task, texts, [examples[i] for i in rows.tolist()])
         attempt = {
@@ -271,6 +298,8 @@ class DiffusionRLModule(DiffusionModule):
             "metrics": torch.tensor([[float(r[name]) for name in self.task.extra_metric_names] for r in records],
                                     device=self.device).reshape(len(records), len(self.task.extra_metric_names)),
         }
+        if out.log_ratio is not None:
+            attempt.update(log_ratio=out.log_ratio, reranked=out.reranked)
         if self.objective.record_states:
             attempt["states"] = torch.stack(out.states, dim=1)
             attempt["state_blocks"] = torch.tensor(out.state_blocks, device=self.device).expand(len(rows), -1)
@@ -357,6 +386,14 @@ class Streak:
 
     def reset(self) -> None:
         self.in_a_row = 0
+
+
+def mismatch_stats(log_ratio: torch.Tensor, reranked: torch.Tensor) -> dict[str, float]:
+    """A rollout's mismatch from per-token (N, L) log-ratios d = log p_exact - log p_sampler and
+    reranked flags (every position is committed once): mean and max |d| over the tokens, the
+    fraction reranked, and the mean over rows of the sequence log-ratio sum_l d_l."""
+    return {"mean_abs_log_ratio": float(log_ratio.abs().mean()), "max_abs_log_ratio": float(log_ratio.abs().max()),
+            "reranked_fraction": float(reranked.float().mean()), "sequence_log_ratio": float(log_ratio.sum(1).mean())}
 
 
 def merge_attempt(kept: dict, attempt: dict, rows: torch.Tensor, replace: torch.Tensor) -> dict:

@@ -22,6 +22,8 @@ class SampleOutput:
     states: list[torch.Tensor] = field(default_factory=list)  # (B, L) completion before each step
     state_blocks: list[int] = field(default_factory=list)     # block index of each recorded state
     forwards: int = 0                                      # model forwards spent
+    log_ratio: torch.Tensor | None = None                  # (B, L) log p_exact - log p_sampler per token
+    reranked: torch.Tensor | None = None                   # (B, L) committed where the exact sampler would not
 
 
 def split_evenly(counts: torch.Tensor, steps: int) -> torch.Tensor:
@@ -96,12 +98,48 @@ def uniform_at(slots: torch.Tensor, shape: tuple[int, ...], generator: torch.Gen
     return torch.take_along_dim(draws, slots.reshape(*slots.shape, *[1] * (len(shape) - 2)), dim=1)
 
 
+def proposal_confidence(logits: torch.Tensor, proposal: torch.Tensor, gumbel_dtype: str,
+                        raw_dtype: torch.dtype) -> torch.Tensor:
+    """Float32 softmax probability of `proposal` under `logits`, computed in float32 (`gumbel_dtype`
+    float64) or in the model's `raw_dtype` (`model`: the reference's arithmetic, so near-ties rank
+    the same way)."""
+    scored = logits if gumbel_dtype == "float64" else logits.to(raw_dtype)
+    return scored.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1).float()
+
+
+def step_mismatch(used: torch.Tensor, exact: torch.Tensor, proposal: torch.Tensor, commit: torch.Tensor,
+                  confidence: torch.Tensor, count: torch.Tensor, temperature: float, uniform: torch.Tensor | None,
+                  noise_dtype: torch.dtype, remasking: str, gumbel_dtype: str, raw_dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's mismatch between the sampler and the exact sampler at the same state, per slot (B, k):
+
+        log_ratio = log softmax(exact / tau)[x0] - log softmax(used / tau)[x0]     (tau = 1 at tau = 0)
+        reranked  = commit and not (x0_exact == x0 and exact_commit)
+
+    `used`/`exact`: the logits the sampler drew from and those of a full uncached forward (B, k, V);
+    x0 = `proposal`, `commit` the sampler's commits, `confidence` its (masked) confidences, `count`
+    (B,) the exact schedule's commits this step. The exact sampler draws x0_exact with the same
+    uniforms and commits the `count` most confident open slots (for `low_confidence`, confidences
+    from `exact` as `proposal_confidence` computes them; for `random`, the sampler's own draws).
+    With the threshold alone `used` is `exact`: log_ratio is 0 and reranked marks the commits
+    beyond the schedule. Slots not committed count 0 and False."""
+    tau = temperature if temperature > 0 else 1.0
+    logp = lambda logits: (logits / tau).log_softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    exact_proposal = gumbel_argmax(exact, temperature, None, uniform, noise_dtype)
+    if remasking == "low_confidence":
+        confidence = torch.where(confidence > -torch.inf,
+                                 proposal_confidence(exact, exact_proposal, gumbel_dtype, raw_dtype), confidence)
+    exact_commit = top_k_mask(confidence, count) & (exact_proposal == proposal)
+    return torch.where(commit, logp(exact) - logp(used), 0.0), commit & ~exact_commit
+
+
 @torch.no_grad()
 def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, gen_length: int,
                  block_length: int, steps: int, temperature: float = 0.0, remasking: str = "low_confidence",
                  generator: torch.Generator | None = None, record_states: bool = False,
                  threshold: float | None = None, kv_cache: bool | str = False,
-                 kv_refresh_every: int | None = None, gumbel_dtype: str = "float64") -> SampleOutput:
+                 kv_refresh_every: int | None = None, gumbel_dtype: str = "float64",
+                 measure_mismatch: bool = False) -> SampleOutput:
     """LLaDA block sampler.
 
     The L completion masks form L/block_length blocks, decoded left to right with
@@ -129,6 +167,11 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     `kv_cache="prefix"` (Fast-dLLM's prefix cache, `generate_with_prefix_cache`): only the positions
     before the block are cached; the later steps run the block and everything after it against them.
     `True` (or "dual") is the dual cache above.
+
+    `measure_mismatch`: `log_ratio` and `reranked` (B, L) hold, at each committed token, the
+    log-ratio of its probability under an exact forward at the same state to the one it was drawn
+    with, and whether the exact sampler would not have committed it there (`step_mismatch`); with
+    the cache, a cached step costs one uncached forward more (not counted in `forwards`).
     """
     if gen_length % block_length or steps % (gen_length // block_length):
         raise ValueError("block_length must divide gen_length and the block count must divide steps")
@@ -143,6 +186,9 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     if gumbel_dtype not in ("float64", "model"):
         raise ValueError(f"unknown gumbel_dtype {gumbel_dtype!r}; use float64 or model")
     out = SampleOutput(completions=x[:, prompt_len:])
+    if measure_mismatch:
+        out.log_ratio, out.reranked = torch.zeros(x.shape[0], gen_length, device=device), \
+            torch.zeros(x.shape[0], gen_length, dtype=torch.long, device=device)
     entropy_sum = torch.zeros(x.shape[0], device=device)
     block_shape = (x.shape[0], block_length)
     for block in range(num_blocks):
@@ -168,12 +214,11 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             logits = without_mask(model, raw)                              # (B, slots, V) float32
             noise_dtype = torch.float64 if gumbel_dtype == "float64" else raw.dtype
             out.forwards += 1
-            proposal = gumbel_argmax(logits, temperature, generator, None if temperature <= 0 else
-                                     uniform_at(slots, (*block_shape, logits.shape[-1]), generator, noise_dtype),
-                                     noise_dtype)
-            if remasking == "low_confidence":   # the reference's arithmetic, so near-ties rank the same way
-                scored = logits if gumbel_dtype == "float64" else logits.to(raw.dtype)
-                confidence = scored.softmax(-1).gather(-1, proposal.unsqueeze(-1)).squeeze(-1).float()
+            uniform = None if temperature <= 0 else uniform_at(slots, (*block_shape, logits.shape[-1]), generator,
+                                                               noise_dtype)
+            proposal = gumbel_argmax(logits, temperature, generator, uniform, noise_dtype)
+            if remasking == "low_confidence":
+                confidence = proposal_confidence(logits, proposal, gumbel_dtype, raw.dtype)
             elif remasking == "random":
                 confidence = uniform_at(slots, block_shape, generator)
             else:
@@ -182,10 +227,18 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             commit = top_k_mask(confidence, schedule[:, step])
             if threshold is not None:           # the schedule may ask for more masks than are left
                 commit = (commit | (confidence > threshold)) & open_slots
+            if measure_mismatch:                # an uncached forward where the cache served this step
+                exact = logits if not kv_cache or refresh else proposal_logits(model, x, attention, start + slots)
+                ratio, reranked = step_mismatch(logits, exact, proposal, commit, confidence, schedule[:, step],
+                                                temperature, uniform, noise_dtype, remasking, gumbel_dtype, raw.dtype)
+                out.log_ratio.scatter_add_(1, start - prompt_len + slots, ratio)
+                out.reranked.scatter_add_(1, start - prompt_len + slots, reranked.long())
             entropy_sum.index_add_(0, commit.nonzero()[:, 0], entropy(logits[commit]))   # committed positions only
             x[:, start:end] = current.scatter(1, slots, torch.where(commit, proposal, current.gather(1, slots)))
     out.completions = x[:, prompt_len:]
     out.entropy = entropy_sum / gen_length
+    if measure_mismatch:
+        out.reranked = out.reranked.bool()
     return out
 
 

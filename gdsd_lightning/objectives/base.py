@@ -15,6 +15,7 @@ of rows, so the accumulated gradient is that of the whole-batch loss.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar, Iterator
@@ -53,6 +54,11 @@ class RolloutBatch:
         return replace(self, **tensors, micro=self.micro if micro is None else micro,
                        extras={k: v[rows] for k, v in self.extras.items()})
 
+    @property
+    def importance_weight(self) -> torch.Tensor | None:
+        """rollout.importance_correction's weights (N,) per row or (N, L) per token; None when off."""
+        return self.extras.get("importance_weight")
+
     def split(self, size: int) -> Iterator["RolloutBatch"]:
         """Fixed micro-batches of `size` rows (the last may be smaller)."""
         for micro, start in enumerate(range(0, self.rows, size)):
@@ -82,6 +88,11 @@ class Objective(ABC):
     record_states: ClassVar[bool] = False   # rollouts keep every intermediate denoising state
     uses_groups: ClassVar[bool] = True      # advantages are relative to a group of G >= 2
     kl_anchor: ClassVar[bool] = False       # the loss has a KL-to-reference term weighted by cfg.beta
+    # rollout.importance_correction: which weights the loss's rollout terms take (`importance_weights`),
+    # "sequence" (one per row: a sequence-level score) or "token" (per completion token: a per-token
+    # loss); None refuses the correction, `importance_refusal` saying why
+    importance_level: ClassVar[str | None] = None
+    importance_refusal: ClassVar[str] = "its loss has no per-row terms to weight"
 
     def __init__(self, cfg: DictConfig, gen_length: int):
         self.cfg = cfg
@@ -143,6 +154,21 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, scale: b
     if scale:
         adv = adv / (grouped.std(dim=1, keepdim=True) + 1e-4)
     return adv.reshape(-1)
+
+
+def importance_weights(log_ratio: torch.Tensor, kind: str, cap: float) -> torch.Tensor:
+    """Weights of rollout.importance_correction from log-ratios d = log p_exact - log p_sampler (any
+    shape: a row's summed over its L tokens, or a token's) and the cap C (rollout.importance_cap):
+
+        tis  (truncated IS)  w = min(exp(d), C)
+        mis  (masked IS)     w = exp(d) if exp(d) <= C, else 0: a row (token) beyond the cap drops out
+
+    computed from d without overflow."""
+    if kind == "tis":
+        return log_ratio.clamp(max=math.log(cap)).exp()
+    if kind == "mis":
+        return torch.where(log_ratio <= math.log(cap), log_ratio.clamp(max=math.log(cap)).exp(), 0.0)
+    raise ValueError(f"unknown importance correction {kind!r}; use tis or mis")
 
 
 def zero_loss(model: torch.nn.Module) -> torch.Tensor:

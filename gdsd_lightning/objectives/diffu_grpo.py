@@ -2,11 +2,14 @@
 
     logp_l  = log p_theta(x_l | prompt masked w.p. p_mask_prompt, completion fully masked)
     ratio_l = exp(logp_l - logp_old_l)
-    loss    = - mean over valid tokens [ min(ratio_l A, clip(ratio_l, 1 - eps, 1 + eps) A)
+    loss    = - mean over valid tokens [ w_l min(ratio_l A, clip(ratio_l, 1 - eps, 1 + eps) A)
                                          - beta k3_l ],   k3 = exp(ref - logp) - (ref - logp) - 1
 
 Valid tokens run up to and including the first EOS; A is the sequence's advantage. The token
 mean is over the micro-batch (exact when a rollout is one micro-batch, as in the tiny configs).
+w_l: rollout.importance_correction's weight of token l (1 when off), the ratio of the probability
+the exact model gives the committed token at the state where the sampler committed it to the
+sampler's (truncated IS of autoregressive stacks, per token).
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ def k3_kl(logp: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def diffu_grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, valid: torch.Tensor,
-                    eps: float, logp_ref: torch.Tensor | None = None, beta: float = 0.0
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    eps: float, logp_ref: torch.Tensor | None = None, beta: float = 0.0,
+                    weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss on (B, L) per-token log-probs; see the module docstring."""
     surrogate, clipped = clipped_surrogate((logp - logp_old).exp(), advantages.unsqueeze(1), eps)
-    per_token = -surrogate
+    per_token = -surrogate if weight is None else -weight * surrogate
     metrics = {"clip_fraction": (clipped & valid).sum() / valid.sum()}
     if logp_ref is not None:
         kl = k3_kl(logp, logp_ref)
@@ -61,6 +64,7 @@ def diffu_grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torc
 class DiffuGRPO(Objective):
     Config = DiffuGRPOConfig
     kl_anchor = True
+    importance_level = "token"
 
     def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
         return mean_field_logprobs(model, batch, iteration, self.cfg.p_mask_prompt)
@@ -68,4 +72,5 @@ class DiffuGRPO(Objective):
     def loss(self, policy, batch: RolloutBatch, iteration: int):
         logp = self.score(policy, batch, iteration)
         logp_old, logp_ref = self.old_and_ref(batch, iteration, logp)
-        return diffu_grpo_loss(logp, logp_old, batch.advantages, batch.valid, self.cfg.eps, logp_ref, self.cfg.beta)
+        return diffu_grpo_loss(logp, logp_old, batch.advantages, batch.valid, self.cfg.eps, logp_ref, self.cfg.beta,
+                               batch.importance_weight)

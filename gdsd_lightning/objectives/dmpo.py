@@ -75,6 +75,8 @@ def dmpo_loss(masked_logp: torch.Tensor, weights: torch.Tensor, group_size: int,
 class DMPO(Objective):
     Config = DMPOConfig
     needs_old = False                  # the weights are fixed at rollout time, no ratio
+    importance_refusal = ("its group softmax already self-normalises importance weights against the rollout "
+                          "policy (logRND), so a sampler ratio would belong inside that softmax, not as a capped factor")
 
     def __init__(self, cfg, gen_length: int):
         super().__init__(cfg, gen_length)

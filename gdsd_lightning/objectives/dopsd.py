@@ -143,6 +143,7 @@ class DOPSD(Objective):
     record_states = True
     uses_groups = False
     needs_old = False
+    importance_refusal = "it distils at the sampler's recorded states, where no sequence probability is weighted"
 
     def __init__(self, cfg, gen_length: int):
         super().__init__(cfg, gen_length)

@@ -1,10 +1,11 @@
 """ESPO: sequence-level PPO on the coupled ELBO.
 
     rho  = exp((ELBO_theta - ELBO_old) / L)        ELBO = coupled ELBO averaged over K mask pairs
-    loss = - mean_b min(rho A, clip(rho, 1 - eps, 1 + eps) A)
+    loss = - mean_b w_b min(rho A, clip(rho, 1 - eps, 1 + eps) A)
            + beta sum_b 1/2 (ELBO_theta - ELBO_ref)^2 / (B L)
 
-Stratified coupled masks as in GDSD-TLC (without logit centring); leave-one-out advantages.
+Stratified coupled masks as in GDSD-TLC (without logit centring); leave-one-out advantages. w_b:
+rollout.importance_correction's sequence weight (1 when off; the KL term is not weighted).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ class ESPOConfig(ObjectiveConfig):
 
 
 def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, advantages: torch.Tensor, eps: float, length: int,
-              elbo_ref: torch.Tensor | None = None, beta: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              elbo_ref: torch.Tensor | None = None, beta: float = 0.0, weight: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss on (B,) ELBOs; see the module docstring."""
     rho = ((elbo - elbo_old) / length).exp()
     surrogate, clipped = clipped_surrogate(rho, advantages, eps)
-    loss = -surrogate.mean()
+    loss = -(surrogate if weight is None else weight * surrogate).mean()
     metrics = {"clip_fraction": clipped.float().mean(), "ratio": rho.detach().mean()}
     if elbo_ref is not None:
         kl = (0.5 * (elbo - elbo_ref) ** 2).sum() / (elbo.shape[0] * length)
@@ -46,6 +48,7 @@ def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, advantages: torch.Tens
 class ESPO(Objective):
     Config = ESPOConfig
     kl_anchor = True
+    importance_level = "sequence"
 
     def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
         """ELBO (B,), the mean of K coupled ELBOs."""
@@ -54,4 +57,5 @@ class ESPO(Objective):
     def loss(self, policy, batch: RolloutBatch, iteration: int):
         elbo = self.score(policy, batch, iteration)
         elbo_old, elbo_ref = self.old_and_ref(batch, iteration, elbo)
-        return espo_loss(elbo, elbo_old, batch.advantages, self.cfg.eps, self.gen_length, elbo_ref, self.cfg.beta)
+        return espo_loss(elbo, elbo_old, batch.advantages, self.cfg.eps, self.gen_length, elbo_ref, self.cfg.beta,
+                         batch.importance_weight)

@@ -5,12 +5,13 @@ pi_old is psi A up to a per-prompt constant that group-centred advantages remove
 denoiser log-ratio is regressed on that target, on the same masks for policy and old policy:
 
     r    = clamp(D_theta - D_old, log(1 - eps), log(1 + eps))            per (row, mc)
-    loss = sum_{row, mc} (r / L - psi A_row)^2 / B
+    loss = sum_{row, mc} w_row (r / L - psi A_row)^2 / B
          + beta sum_{row, mc} 1/2 (D_theta - D_ref)^2 / (B K L)          (k2 KL to reference)
 
 D is the coupled denoiser score (`denoiser_score`); GDSD-TLC uses the coupled ELBO instead and
 centres each position's logits on their detached vocabulary mean. Masks: `stratified`, one
-coupled pair per Monte-Carlo draw (K = num_mc). With mu = 1, D_old = D_theta.detach().
+coupled pair per Monte-Carlo draw (K = num_mc). w_row: rollout.importance_correction's sequence
+weight (1 when off; the KL term is not weighted). With mu = 1, D_old = D_theta.detach().
 Clamped terms carry no gradient (torch.clamp). `mask_after_eos=False` is the released recipe
 (D sums over all L positions, EOS padding included); True restricts D to the valid tokens.
 """
@@ -41,13 +42,14 @@ class GDSDConfig(ObjectiveConfig):
 
 
 def gdsd_loss(d_theta: torch.Tensor, d_old: torch.Tensor, advantages: torch.Tensor, psi: float,
-              eps: float, length: int, d_ref: torch.Tensor | None = None, beta: float = 0.0
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              eps: float, length: int, d_ref: torch.Tensor | None = None, beta: float = 0.0,
+              weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GDSD loss on (B, K) scores; see the module docstring for the formula."""
     rows, num_mc = d_theta.shape
     log_ratio = d_theta - d_old
     clamped = log_ratio.clamp(math.log(1 - eps), math.log(1 + eps))
-    regression = ((clamped / length - psi * advantages.unsqueeze(1)) ** 2).sum() / rows
+    terms = (clamped / length - psi * advantages.unsqueeze(1)) ** 2
+    regression = (terms if weight is None else weight.unsqueeze(1) * terms).sum() / rows
     metrics = {
         "regression": regression.detach(),
         "clamp_fraction": (clamped != log_ratio).float().mean(),
@@ -64,6 +66,7 @@ def gdsd_loss(d_theta: torch.Tensor, d_old: torch.Tensor, advantages: torch.Tens
 class GDSD(Objective):
     Config = GDSDConfig
     kl_anchor = True
+    importance_level = "sequence"
     center_logits = False
     reduce = staticmethod(denoiser_score)
 
@@ -76,7 +79,7 @@ class GDSD(Objective):
         d_theta = self.score(policy, batch, iteration)
         d_old, d_ref = self.old_and_ref(batch, iteration, d_theta)
         return gdsd_loss(d_theta, d_old, batch.advantages, self.cfg.psi, self.cfg.eps,
-                         self.gen_length, d_ref, self.cfg.beta)
+                         self.gen_length, d_ref, self.cfg.beta, batch.importance_weight)
 
 
 @dataclass

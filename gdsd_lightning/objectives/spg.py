@@ -10,11 +10,12 @@ on valid tokens:
     EUBO_b = mean over valid l masked in some draw of  1/beta_e log mean_d [ w_dl p_d,l^beta_e ]
     score_b = ELBO_b                                 if A_b > 0
             = w EUBO_b + (1 - w) ELBO_b              otherwise (w = `eubo_weight`)
-    loss = sum_b ( -A_b score_b len_b ) / sum_b len_b             (len_b = valid tokens)
+    loss = sum_b ( -w_b A_b score_b len_b ) / sum_b len_b         (len_b = valid tokens)
 
 (per draw, sum_l w_dl log p_dl / len equals the mean log-prob over the masked valid tokens). The
 EUBO skips tokens no draw masked (their inner mean is 0). No ratio, clip or KL; group-mean
-advantages. The normaliser sum_b len_b is the micro-batch's (the release's per-device batch).
+advantages; w_b: rollout.importance_correction's sequence weight (1 when off). The normaliser
+sum_b len_b is the micro-batch's (the release's per-device batch).
 The D draws of a row come from one generator per (rollout, iteration, micro-batch), in the
 release's order (`block_random_mask`).
 """
@@ -58,11 +59,12 @@ def spg_bounds(logp: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor, b
 
 
 def spg_loss(elbo: torch.Tensor, eubo: torch.Tensor, advantages: torch.Tensor, lengths: torch.Tensor,
-             eubo_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             eubo_weight: float, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """sum_b (-A_b score_b len_b) / sum_b len_b with the sandwich score; see the module docstring."""
     positive = advantages > 0
     score = torch.where(positive, elbo, eubo_weight * eubo + (1 - eubo_weight) * elbo)
-    loss = -(advantages * score * lengths).sum() / lengths.sum()
+    terms = advantages * score * lengths
+    loss = -(terms if weight is None else weight * terms).sum() / lengths.sum()
     return loss, {"elbo": elbo.detach().mean(), "eubo": eubo.detach().mean(),
                   "positive_fraction": positive.float().mean()}
 
@@ -70,6 +72,7 @@ def spg_loss(elbo: torch.Tensor, eubo: torch.Tensor, advantages: torch.Tensor, l
 class SPG(Objective):
     Config = SPGConfig
     needs_old = False
+    importance_level = "sequence"
 
     def __init__(self, cfg, gen_length: int):
         super().__init__(cfg, gen_length)
@@ -89,4 +92,5 @@ class SPG(Objective):
         logp, mask, t_hat = logp.transpose(0, 1), mask.transpose(0, 1), t_hat.transpose(0, 1)   # draws first
         weights = (mask & batch.valid).float() / t_hat.clamp(min=1e-12).unsqueeze(-1)
         elbo, eubo = spg_bounds(logp, weights, batch.valid, self.cfg.beta_eubo)
-        return spg_loss(elbo, eubo, batch.advantages, batch.valid.sum(dim=1).float(), self.cfg.eubo_weight)
+        return spg_loss(elbo, eubo, batch.advantages, batch.valid.sum(dim=1).float(), self.cfg.eubo_weight,
+                        batch.importance_weight)

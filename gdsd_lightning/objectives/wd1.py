@@ -2,9 +2,10 @@
 
     l_i  = sum over valid tokens of log p_theta(x_l | prompt masked w.p. p, completion fully masked)
     w_i  = softmax_group(A)_i - softmax_group(-A)_i          (softmax over the G rows of a prompt)
-    loss = - mean over groups of sum_i w_i l_i
+    loss = - mean over groups of sum_i v_i w_i l_i
 
-No old-policy ratio, no clip, no KL. A group with equal rewards has w = 0 (no signal).
+No old-policy ratio, no clip, no KL. A group with equal rewards has w = 0 (no signal). v_i:
+rollout.importance_correction's sequence weight (1 when off).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ def wd1_loss(sequence_logp: torch.Tensor, weights: torch.Tensor, group_size: int
 class WD1(Objective):
     Config = WD1Config
     needs_old = False
+    importance_level = "sequence"
 
     @torch.no_grad()
     def prepare(self, policy, reference, batch: RolloutBatch) -> RolloutBatch:
-        batch.extras["weight"] = wd1_weights(batch.advantages, batch.group_size)
+        weights = wd1_weights(batch.advantages, batch.group_size)
+        batch.extras["weight"] = weights if batch.importance_weight is None else weights * batch.importance_weight
         return batch
 
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int):
