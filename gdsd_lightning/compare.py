@@ -255,12 +255,17 @@ def choose(runs: list[RunResult], metric: str) -> tuple[RunResult, str]:
     return chosen, why
 
 
+def lr_stage_beta(betas: list[float]) -> float:
+    """The beta at which the lr stage runs the methods with a KL anchor: the grid's median (low)."""
+    return statistics.median_low(betas)
+
+
 def tune(experiments: dict[str, str], lrs: list[float], betas: list[float], overrides: dict[str, list[str]],
          metric: str, jobs: int) -> tuple[list[RunResult], dict[str, RunResult], dict[str, str]]:
     """The two stages of the rule (module docstring) at seed 0: every sweep run, and per method
     the chosen run and why."""
     anchored = {m for m, e in experiments.items() if has_kl_anchor(e, overrides[m])}
-    lr_beta = statistics.median_low(betas)
+    lr_beta = lr_stage_beta(betas)
     sweep = run_all([(m, e, lr, lr_beta if m in anchored else None, 0, overrides[m])
                      for m, e in experiments.items() for lr in lrs], jobs)
     chosen = {m: choose([r for r in sweep if r.method == m], metric)[0] for m in experiments}
@@ -331,7 +336,7 @@ def band(curves: list[list[tuple[float, float]]], smooth: int = 1):
 
 
 def plot(results: list[RunResult], rows: list[dict], sweep: list[RunResult], metric: str, base: dict | None,
-         task: str, out_dir: Path) -> None:
+         task: str, out_dir: Path, lr_beta: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -391,7 +396,7 @@ def plot(results: list[RunResult], rows: list[dict], sweep: list[RunResult], met
             runs = [r for r in sweep if r.method == method]
             chosen_lr = next(row["lr"] for row in rows if row["method"] == method)
             if axis == "lr":       # the lr stage: the runs at the lr-stage beta (all of a method without an anchor)
-                stage_beta = statistics.median_low([r.beta for r in runs]) if runs[0].beta is not None else None
+                stage_beta = None if runs[0].beta is None else lr_beta
                 runs = sorted((r for r in runs if r.beta == stage_beta), key=lambda r: r.lr)
             else:                  # the beta stage: the runs at the chosen lr of a method with an anchor
                 runs = sorted((r for r in runs if r.beta is not None and r.lr == chosen_lr), key=lambda r: r.beta)
@@ -506,7 +511,7 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
         "best_step": r.best_step, f"val_{metric}_start": r.val(metric)[0], f"val_{metric}_end": round(r.val_end(metric), 4),
         "collapsed": r.collapsed(metric), "stopped": r.stopped or ""} for r in results])
     write_csv(out_dir / "compare.csv", rows)
-    plot(results, rows, sweep, metric, base, task, out_dir)
+    plot(results, rows, sweep, metric, base, task, out_dir, lr_stage_beta(betas))
     configs = {m: load_experiment(e, overrides[m]) for m, e in experiments.items()}
     glance = ["method", "mu", "lr", "beta", f"final_{metric}_mean", f"final_{metric}_std", "final_accuracy_mean",
               "final_accuracy_std", "base_solve_rate", "rollouts_to_target", "steps_to_target", "reached_target",
@@ -537,7 +542,7 @@ def rule_text(lrs: list[float], betas: list[float]) -> str:
     """The tuning rule and its grid, as compare.md states them."""
     grid = lambda values: ", ".join(f"{v:g}" for v in values)
     return (f"Tuning rule (the same for every method): seed 0 at every lr of {{{grid(lrs)}}}, a method with a KL anchor "
-            f"to the reference (GDSD, GDSD-TLC, ESPO, diffu-GRPO: `method.beta`) at beta {statistics.median_low(betas):g}; "
+            f"to the reference (GDSD, GDSD-TLC, ESPO, diffu-GRPO: `method.beta`) at beta {lr_stage_beta(betas):g}; "
             f"then such a method at the chosen lr and every beta of {{{grid(betas)}}}. Each stage keeps the run with the "
             f"best val headline at the end (mean of the last two evaluations) among those that did not collapse (ties: "
             f"the smaller lr, then beta); seeds 1.. run at the chosen setting. Nothing else is tuned for any method.")
