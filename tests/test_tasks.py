@@ -117,7 +117,7 @@ def test_countdown_plain_style_reads_the_bare_completion(completion, reward):
     ([18, 21, 6], 9, None),
 ])
 def test_countdown_in_order_solution_keeps_the_prompt_order(numbers, target, solution):
-    assert in_order_solution(numbers, target) == solution
+    assert in_order_solution(tuple(numbers), target) == solution
 
 
 def test_countdown_plain_target_is_the_in_order_solution_else_the_generated_one():

@@ -20,6 +20,7 @@ instead: see `boxed_expression`.
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 import random
 import re
@@ -150,9 +151,11 @@ def boxed_correct(completion: str, numbers: list[int], target: int, whole_if_unb
     return correct_expression(boxed_expression(completion, whole_if_unboxed).strip(), numbers, target)
 
 
-def in_order_solution(numbers: list[int], target: int) -> str | None:
+@functools.lru_cache(maxsize=None)
+def in_order_solution(numbers: tuple[int, ...], target: int) -> str | None:
     """The first of `(x o y) o z`, `x o (y o z)` with x, y, z the numbers in their given order and
-    o in + - * / (ops in that order, left grouping first) that reaches the target, or None."""
+    o in + - * / (ops in that order, left grouping first) that reaches the target, or None. Cached:
+    the SFT target of a problem is asked for at every step that draws it (about 10 ms per 64)."""
     x, y, z = numbers
     for first in "+-*/":
         for second in "+-*/":
@@ -216,7 +219,8 @@ class Countdown(Task):
         if "solution" not in example:
             raise ValueError("countdown example has no 'solution' field to train on")
         if self.plain:
-            return in_order_solution(*self.problem(example)) or example["solution"]
+            numbers, target = self.problem(example)
+            return in_order_solution(tuple(numbers), target) or example["solution"]
         boxed = f"\\boxed{{{example['solution']}}}" if self.release == "dopsd" else example["solution"]
         return f"<answer>\n{boxed}\n</answer>"
 
