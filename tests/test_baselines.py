@@ -22,7 +22,7 @@ def test_diffu_grpo_clips_on_both_signs_and_adds_k3():
     # A=+1, ratio 2: min(2, 1.5) = 1.5 (clipped); A=+1, ratio 1: 1; A=-1, ratio 2: min(-2, -1.5) = -2
     loss, metrics = diffu_grpo_loss(logp, old, adv, valid, eps=0.5)
     assert loss.item() == pytest.approx(-(1.5 + 1 - 2) / 3)
-    assert metrics["clip_fraction"].item() == pytest.approx(1 / 3)
+    assert metrics["clip_binding_fraction"].item() == pytest.approx(1 / 3)
     loss.backward()
     # clipped token: no gradient; unclipped: d/dlogp of -A ratio / 3 = -A ratio / 3; invalid: none
     assert torch.allclose(logp.grad, torch.tensor([[0.0, -1 / 3], [2 / 3, 0.0]]))
@@ -75,7 +75,7 @@ def test_espo_clips_the_sequence_ratio_on_both_signs():
     # min(2, 1.2) = 1.2 (clipped); min(-0.5, -0.8) = -0.8 (clipped); 0.5 unclipped
     loss, metrics = espo_loss(elbo, old, adv, eps=0.2, length=length)
     assert loss.item() == pytest.approx(-(1.2 - 0.8 + 0.5) / 3)
-    assert metrics["clip_fraction"].item() == pytest.approx(2 / 3)
+    assert metrics["clip_binding_fraction"].item() == pytest.approx(2 / 3)
     loss.backward()
     assert torch.allclose(elbo.grad, torch.tensor([0.0, 0.0, -0.5 / (length * 3)]))
     ref = elbo.detach() - torch.tensor([2.0, 0.0, 0.0])

@@ -7,6 +7,9 @@
 
 Valid tokens run up to and including the first EOS; A is the sequence's advantage. The token
 mean is over the micro-batch (exact when a rollout is one micro-batch, as in the tiny configs).
+`clip_binding_fraction` = (valid tokens where the clipped branch is the minimum, the clip binds) /
+(valid tokens): the complement, up to ties, of d1's `clip_ratio`, which counts the tokens where the
+unclipped term is the smaller (the clip does not bind).
 w_l: rollout.importance_correction's weight of token l (1 when off), the ratio of the probability
 the exact model gives the committed token at the state where the sampler committed it to the
 sampler's (truncated IS of autoregressive stacks, per token).
@@ -52,7 +55,7 @@ def diffu_grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torc
     """The loss on (B, L) per-token log-probs; see the module docstring."""
     surrogate, clipped = clipped_surrogate((logp - logp_old).exp(), advantages.unsqueeze(1), eps)
     per_token = -surrogate if weight is None else -weight * surrogate
-    metrics = {"clip_fraction": (clipped & valid).sum() / valid.sum()}
+    metrics = {"clip_binding_fraction": (clipped & valid).sum() / valid.sum()}
     if logp_ref is not None:
         kl = k3_kl(logp, logp_ref)
         per_token = per_token + beta * kl
