@@ -385,6 +385,11 @@ def check_combinations(cfg: DictConfig) -> None:
     problems += importance_problems(cfg)
     if cfg.optim.scheduler not in ("constant", "cosine"):
         problems.append(f"optim.scheduler must be 'constant' or 'cosine', got {cfg.optim.scheduler!r}")
+    from gdsd_lightning.objectives.scores import MASK_SEED_RULES
+
+    if cfg.method.get("mask_seed_rule", "release") not in MASK_SEED_RULES:
+        problems.append(f"method.mask_seed_rule must be {' or '.join(map(repr, MASK_SEED_RULES))}, "
+                        f"got {cfg.method.mask_seed_rule!r}")
     mu = cfg.method.get("num_iterations", 1)
     if mu < 1:
         problems.append(f"method.num_iterations (mu) must be at least 1, got {mu}")

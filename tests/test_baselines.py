@@ -81,3 +81,36 @@ def test_espo_clips_the_sequence_ratio_on_both_signs():
     ref = elbo.detach() - torch.tensor([2.0, 0.0, 0.0])
     with_kl, _ = espo_loss(elbo, old, adv, eps=0.2, length=length, elbo_ref=ref, beta=0.3)
     assert with_kl.item() == pytest.approx(-0.3 + 0.3 * 0.5 * 4 / (3 * length))
+
+
+def test_d1_mask_seeds_follow_the_release_micro_step_count_unless_fresh(tiny_llada):
+    """d1 / wd1 draw mask_seeds[_step % mu], _step counting micro-steps: with accumulation 2 and mu 4,
+    micro-step _step = 2 i + m at inner iteration i of micro-batch m, so micro-batch 0 draws masks
+    0, 2, 0, 2 and micro-batch 1 masks 1, 3, 1, 3 (each of mu/2 = 2 masks twice)."""
+    from gdsd_lightning.diffusion.estimators import completion_logprobs
+    from gdsd_lightning.diffusion.masking import full_completion_mask, generator_for
+    from gdsd_lightning.objectives import OBJECTIVES
+    from gdsd_lightning.objectives.base import RolloutBatch
+    from gdsd_lightning.objectives.scores import mask_iteration
+
+    assert [mask_iteration(i, 0, 2, 4, "release") for i in range(4)] == [0, 2, 0, 2]
+    assert [mask_iteration(i, 1, 2, 4, "release") for i in range(4)] == [1, 3, 1, 3]
+    # d1's GSM8K layout (mu 12, accumulation 2): _step = 2 i + m, 6 masks each twice
+    assert [mask_iteration(i, 1, 2, 12, "release") for i in range(12)] == [1, 3, 5, 7, 9, 11] * 2
+    assert [mask_iteration(i, 1, 2, 4, "fresh") for i in range(4)] == [0, 1, 2, 3]
+
+    gen = torch.Generator().manual_seed(0)
+    ids, completions = torch.randint(10, 40, (4, 8), generator=gen), torch.randint(10, 40, (4, 4), generator=gen)
+    batch = RolloutBatch(ids, torch.ones_like(ids), completions, torch.ones_like(completions, dtype=torch.bool),
+                         torch.zeros(4), torch.zeros(4), seed=5, group_size=2)
+    for rule, expected in {"release": [[0, 2, 0, 2], [1, 3, 1, 3]], "fresh": [[0, 1, 2, 3]] * 2}.items():
+        cfg = OBJECTIVES["diffu_grpo"].Config(num_iterations=4, micro_batch_size=2, p_mask_prompt=0.5,
+                                              mask_seed_rule=rule)
+        for micro, masks in zip(batch.split(2), expected):
+            assert micro.num_micro == 2
+            for iteration, j in enumerate(masks):
+                prompt_masked, masked = full_completion_mask(2, 4, 8, 0.5, generator_for(micro.mask_seed(j, 0)))
+                want = completion_logprobs(tiny_llada, micro.prompt_ids, micro.prompt_mask, micro.completions, masked,
+                                           prompt_masked)
+                got = OBJECTIVES["diffu_grpo"](cfg, 4).score(tiny_llada, micro, iteration)
+                assert torch.equal(got, want), (rule, micro.micro, iteration)

@@ -40,6 +40,7 @@ class RolloutBatch:
     group_size: int               # G: rows per prompt (groups never straddle a rollout batch)
     correct: torch.Tensor | None = None  # (N,) verified correct by the task
     micro: int = 0                # index of this micro-batch within the rollout
+    num_micro: int = 1            # micro-batches the rollout is split into (the releases' accumulation steps)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, ...) rows' extra tensors
     stats: dict[str, float] = field(default_factory=dict)           # rollout statistics to log
 
@@ -60,9 +61,10 @@ class RolloutBatch:
         return self.extras.get("importance_weight")
 
     def split(self, size: int) -> Iterator["RolloutBatch"]:
-        """Fixed micro-batches of `size` rows (the last may be smaller)."""
-        for micro, start in enumerate(range(0, self.rows, size)):
-            yield self.select(slice(start, start + size), micro)
+        """Fixed micro-batches of `size` rows (the last may be smaller), each knowing their number."""
+        starts = range(0, self.rows, size)
+        for micro, start in enumerate(starts):
+            yield replace(self.select(slice(start, start + size), micro), num_micro=len(starts))
 
     def mask_seed(self, iteration: int, mc: int) -> int:
         """Seed of the masks for (this rollout, inner iteration, Monte-Carlo draw, micro-batch)."""
