@@ -390,6 +390,9 @@ def check_combinations(cfg: DictConfig) -> None:
     if cfg.method.get("mask_seed_rule", "release") not in MASK_SEED_RULES:
         problems.append(f"method.mask_seed_rule must be {' or '.join(map(repr, MASK_SEED_RULES))}, "
                         f"got {cfg.method.mask_seed_rule!r}")
+    if cfg.method.get("padding_rows", 0) < 0:
+        problems.append(f"method.padding_rows must be 0 (the rank's whole rollout) or a positive number of rows, "
+                        f"got {cfg.method.padding_rows}")
     mu = cfg.method.get("num_iterations", 1)
     if mu < 1:
         problems.append(f"method.num_iterations (mu) must be at least 1, got {mu}")

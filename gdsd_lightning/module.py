@@ -29,7 +29,8 @@ from gdsd_lightning.generation import encode_prompts, generate_and_score, sample
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.models.lora import frozen_reference
 from gdsd_lightning.objectives import OBJECTIVES
-from gdsd_lightning.objectives.base import RolloutBatch, group_advantages, importance_weights, zero_loss
+from gdsd_lightning.objectives.base import (RolloutBatch, device_batch_attention, group_advantages, importance_weights,
+                                           zero_loss)
 from gdsd_lightning.objectives.sft import masked_diffusion_loss
 from gdsd_lightning.tasks import Task
 
@@ -245,7 +246,7 @@ class DiffusionRLModule(DiffusionModule):
                                        dict(zip(self.task.extra_metric_names, kept["metrics"].unbind(1))),
                                        seconds, mismatch)
         if self.objective.cfg.attend_padding:   # the releases' scoring forwards take no attention mask
-            prompt_mask = torch.ones_like(prompt_mask)
+            prompt_mask = device_batch_attention(prompt_mask, self.objective.cfg.padding_rows)
         batch = RolloutBatch(prompt_ids, prompt_mask, kept["completions"], valid, kept["rewards"], advantages,
                              seed, group, correct=kept["correct"])
         if self.objective.record_states:

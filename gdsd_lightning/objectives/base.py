@@ -31,7 +31,7 @@ class RolloutBatch:
     """Everything one rollout produced; row i belongs to group i // group_size."""
 
     prompt_ids: torch.Tensor      # (N, P) left-padded
-    prompt_mask: torch.Tensor     # (N, P) what the scoring forwards attend to (all ones: `attend_padding`)
+    prompt_mask: torch.Tensor     # (N, P) what the scoring forwards attend to (`attend_padding`: `device_batch_attention`)
     completions: torch.Tensor     # (N, L)
     valid: torch.Tensor           # (N, L) True up to and including the first EOS
     rewards: torch.Tensor         # (N,)
@@ -81,8 +81,10 @@ class ObjectiveConfig:
     advantage: str = "group_mean"      # group_mean | leave_one_out
     scale_advantage: bool = False      # divide by the group std + 1e-4
     beta: float = 0.0                  # weight of the KL-to-reference term (0: no reference)
-    attend_padding: bool = False       # score with the prompt padding attended (GDSD's releases, whose device
-                                       # batches pad; d1, wd1, SPG, DMPO see no padding: one prompt per device batch)
+    attend_padding: bool = False       # score with each device batch's prompt padding attended, as GDSD's releases
+                                       # (no attention mask; `device_batch_attention`). d1, wd1, SPG and DMPO put one
+                                       # prompt in a device batch, so they see no padding: masked is their release
+    padding_rows: int = 0              # rows of the release's device batch, padded on its own (0: the rank's rollout)
 
 
 class Objective(ABC):
@@ -137,6 +139,22 @@ class Objective(ABC):
     @abstractmethod
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Micro-batch loss at inner iteration `iteration`, and detached metrics to log."""
+
+
+def device_batch_attention(prompt_mask: torch.Tensor, rows: int) -> torch.Tensor:
+    """The prompt attention of `attend_padding`: the releases tokenise and left-pad each device batch
+    on its own and score it with no attention mask. With g(i) = floor(i / rows) the device batch of
+    row i (rows = 0: one batch of all N rows) and w_g its longest prompt (real tokens),
+
+        attended[i, j] = 1  if  j >= P - w_g(i)   else 0        (P: the padded width of all N rows)
+
+    so a row attends its own device batch's padding and not the columns only a wider batch has
+    (as if the batch were cut to its own width; Dream's position ids restart there too)."""
+    lengths = prompt_mask.sum(1)
+    rows = rows or lengths.shape[0]
+    widths = torch.stack([chunk.max() for chunk in lengths.split(rows)]).repeat_interleave(rows)[: lengths.shape[0]]
+    columns = torch.arange(prompt_mask.shape[1], device=prompt_mask.device)
+    return (columns >= prompt_mask.shape[1] - widths.unsqueeze(1)).to(prompt_mask.dtype)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, scale: bool) -> torch.Tensor:
