@@ -97,12 +97,15 @@ def main(argv: list[str] | None = None) -> None:
                            help="runs trained side by side, one torch thread each (default: 1)")
     p_compare.add_argument("--out", default="results", help="output directory (default: results)")
     p_bench = command("bench", "sampler throughput, loss-step time and memory; MFU with --device cuda",
-                      "[--quick] [--device cpu|cuda] [--out D] [--peak-tflops F]")
+                      "[--quick] [--device cpu|cuda] [--out D] [--peak-tflops F] [--modes M,...]")
     p_bench.add_argument("--quick", action="store_true", help="smaller settings, about a minute on 2 CPU cores")
     p_bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p_bench.add_argument("--out", default="results/bench", help="output directory (default: results/bench)")
     p_bench.add_argument("--peak-tflops", type=float, default=None,
                          help="the GPU's dense bf16 peak for MFU, if its name is not in bench.PEAK_TFLOPS")
+    p_bench.add_argument("--modes", default=None,
+                         help="comma-separated sampler modes (bench.SAMPLER_MODES, e.g. exact,kv_cache_prefix): run only "
+                              "the trained tiny bases' comparison of them, written to <out>/trained_bases.{json,md}")
     p_data = command("make-data", "regenerate the frozen sudoku / countdown splits (deterministic)", "[--out D]")
     p_data.add_argument("--out", default="data", help="output directory (default: data)")
     command("list", "list the experiments with their descriptions")
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "bench":
             from gdsd_lightning.bench import bench
 
-            bench(args.quick, args.device, args.out, args.peak_tflops)
+            bench(args.quick, args.device, args.out, args.peak_tflops, args.modes.split(",") if args.modes else None)
         elif args.command == "make-data":
             from gdsd_lightning.tasks.splits import GENERATED_TASKS, write_splits
 
