@@ -114,3 +114,26 @@ def test_d1_mask_seeds_follow_the_release_micro_step_count_unless_fresh(tiny_lla
                                            prompt_masked)
                 got = OBJECTIVES["diffu_grpo"](cfg, 4).score(tiny_llada, micro, iteration)
                 assert torch.equal(got, want), (rule, micro.micro, iteration)
+
+
+def test_spg_mask_seeds_follow_the_release_micro_step_count(tiny_llada):
+    """SPG draws mask_seeds[_step % mu] too (facebookresearch/SPG spg_trainer.py:101): in its sudoku
+    layout (per-device 3 x accumulation 4, mu 4) micro-step _step = 4 i + m, so micro-batch m draws
+    mask m at every inner iteration; `fresh` draws mask i."""
+    from gdsd_lightning.objectives import OBJECTIVES
+    from gdsd_lightning.objectives.base import RolloutBatch
+    from gdsd_lightning.objectives.scores import mask_iteration
+
+    assert [[mask_iteration(i, m, 4, 4, "release") for i in range(4)] for m in range(4)] == [[m] * 4 for m in range(4)]
+    gen = torch.Generator().manual_seed(1)
+    ids, completions = torch.randint(10, 40, (8, 6), generator=gen), torch.randint(10, 40, (8, 8), generator=gen)
+    batch = RolloutBatch(ids, torch.ones_like(ids), completions, torch.ones_like(completions, dtype=torch.bool),
+                         torch.zeros(8), torch.tensor([1.0, -1.0] * 4), seed=7, group_size=2)
+    losses = {}
+    for rule in ("release", "fresh"):
+        cfg = OBJECTIVES["spg"].Config(num_iterations=4, micro_batch_size=2, block_length=4, num_mc=2,
+                                       mask_seed_rule=rule)
+        micro = list(batch.split(2))[1]
+        losses[rule] = [OBJECTIVES["spg"](cfg, 8).loss(tiny_llada, micro, i)[0].item() for i in range(4)]
+    assert losses["release"] == [losses["fresh"][1]] * 4           # mask 1 at every iteration
+    assert len(set(losses["fresh"])) == 4

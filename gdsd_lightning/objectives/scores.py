@@ -36,11 +36,17 @@ def coupled_sequence_scores(model: DiffusionLM, batch: RolloutBatch, iteration: 
 
 
 @dataclass
-class MeanFieldConfig(ObjectiveConfig):
+class MicroStepSeedConfig(ObjectiveConfig):
+    """Fields of the objectives whose releases pick a mask seed per micro-step (d1, wd1, SPG)."""
+
+    mask_seed_rule: str = "release"    # which mask each inner iteration draws (`mask_iteration`)
+
+
+@dataclass
+class MeanFieldConfig(MicroStepSeedConfig):
     """Fields of the objectives scored by `mean_field_logprobs` (diffu-GRPO, wd1)."""
 
     p_mask_prompt: float = 0.15        # prompt tokens masked per inner iteration
-    mask_seed_rule: str = "release"    # which prompt mask each inner iteration draws (`mask_iteration`)
 
 
 def mask_iteration(iteration: int, micro: int, num_micro: int, mu: int, rule: str) -> int:
@@ -50,9 +56,11 @@ def mask_iteration(iteration: int, micro: int, num_micro: int, mu: int, rule: st
         release  j = (iteration * num_micro + micro) mod mu
         fresh    j = iteration
 
-    `release` is d1's and wd1's `mask_seeds[_step % mu]`, `_step` counting micro-steps (dllm-reasoning/d1
-    `diffu_grpo_trainer.py:96`, xiaohangt/wd1 `rev_grpo_trainer.py:140`): with accumulation 2 and mu even
-    a micro-batch draws mu/2 distinct masks, each twice. With one micro-batch both rules agree."""
+    `release` is d1's, wd1's and SPG's `mask_seeds[_step % mu]`, `_step` counting micro-steps
+    (dllm-reasoning/d1 `diffu_grpo_trainer.py:96`, xiaohangt/wd1 `rev_grpo_trainer.py:140`,
+    facebookresearch/SPG `spg_trainer.py:101`): with accumulation 2 and mu even a micro-batch draws
+    mu/2 distinct masks, each twice; with n = mu (SPG sudoku: 4 and 4) one mask at every iteration.
+    With one micro-batch both rules agree."""
     if rule == "release":
         return (iteration * num_micro + micro) % mu
     if rule == "fresh":
@@ -60,11 +68,17 @@ def mask_iteration(iteration: int, micro: int, num_micro: int, mu: int, rule: st
     raise ValueError(f"unknown method.mask_seed_rule {rule!r}; use {' or '.join(MASK_SEED_RULES)}")
 
 
+def micro_step_generator(batch: RolloutBatch, iteration: int, cfg: MicroStepSeedConfig) -> torch.Generator:
+    """The mask generator of this micro-batch at inner iteration `iteration`: seeded with
+    `batch.mask_seed(j, 0)`, j = `mask_iteration(...)` under `cfg.mask_seed_rule`."""
+    j = mask_iteration(iteration, batch.micro, batch.num_micro, cfg.num_iterations, cfg.mask_seed_rule)
+    return generator_for(batch.mask_seed(j, 0), batch.completions.device)
+
+
 def mean_field_logprobs(model: DiffusionLM, batch: RolloutBatch, iteration: int, cfg: MeanFieldConfig) -> torch.Tensor:
     """One-step mean-field log-probs (B, L): log p(x_l | prompt with tokens masked w.p. p, completion
-    fully masked), the prompt mask that of index `mask_iteration(...)` under `cfg.mask_seed_rule`."""
-    j = mask_iteration(iteration, batch.micro, batch.num_micro, cfg.num_iterations, cfg.mask_seed_rule)
-    gen = generator_for(batch.mask_seed(j, 0), batch.completions.device)
+    fully masked), the prompt mask drawn from `micro_step_generator`."""
+    gen = micro_step_generator(batch, iteration, cfg)
     prompt_masked, masked = full_completion_mask(batch.rows, batch.completions.shape[1], batch.prompt_ids.shape[1],
                                                  cfg.p_mask_prompt, gen)
     return completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completions, masked, prompt_masked)
