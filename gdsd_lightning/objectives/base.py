@@ -9,7 +9,8 @@ reference (a KL anchor with beta > 0) under every iteration's masks, and `old_an
 
 A rollout batch is split into fixed micro-batches; masks are drawn from generators seeded by
 (rollout seed, iteration, Monte-Carlo index, micro-batch index), so `prepare` and `loss` see the
-same masks. `loss` returns a micro-batch mean; the module weights it by the micro-batch's share
+same masks (diffu-GRPO, wd1 and SPG put the mask index of `method.mask_seed_rule` in the
+iteration's place: `scores.mask_iteration`). `loss` returns a micro-batch mean; the module weights it by the micro-batch's share
 of rows, so the accumulated gradient is that of the whole-batch loss.
 """
 
