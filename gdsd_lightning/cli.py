@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     p_compare = command("compare", "every RL method on one tiny task: one tuning rule (lr, then the KL anchor's beta), "
                         "seeds at the chosen setting, table and plots",
                         "[--task T] [--seeds N] [--methods a,b] [--lrs x,y] [--betas x,y] [--mu shared|recipe] "
-                        "[--jobs N] [--out D] [key=value ...]",
+                        "[--jobs N] [--out D] [--rollout-modes a,b] [key=value ...]",
                         "Finished runs with the same resolved config are reused. Writes <out>/<task>/compare.{csv,md},\n"
                         "sweep.csv, runs.csv, curves.png, test_accuracy.png, sweep.png.")
     p_compare.add_argument("--task", default="sudoku", help="sudoku or countdown (default: sudoku)")
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     p_compare.add_argument("--jobs", type=int, default=1,
                            help="runs trained side by side, one torch thread each (default: 1)")
     p_compare.add_argument("--out", default="results", help="output directory (default: results)")
+    p_compare.add_argument("--rollout-modes", help="comma-separated subset of exact,fast,fast+tis,fast+mis: every method "
+                                                   "at its exact-tuned setting in each mode, into <out>/<task>_rollout_modes")
     p_bench = command("bench", "sampler throughput, loss-step time and memory; MFU with --device cuda",
                       "[--quick] [--device cpu|cuda] [--out D] [--peak-tflops F] [--modes M,...]")
     p_bench.add_argument("--quick", action="store_true", help="smaller settings, about a minute on 2 CPU cores")
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 except ValueError:
                     raise UserError(f"--{flag} must be comma-separated numbers, got {getattr(args, flag)!r}") from None
             compare(args.task, args.seeds, methods, args.out, args.overrides, grids["lrs"], args.mu, args.jobs,
-                    grids["betas"])
+                    grids["betas"], args.rollout_modes.split(",") if args.rollout_modes else None)
         elif args.command == "bench":
             from gdsd_lightning.bench import bench
 

@@ -97,6 +97,8 @@ class RolloutConfig:
     importance_correction: str = "none"    # none | tis | mis: weight each row (token) by the exact-to-sampler
                                            # probability ratio (objectives/base.py, importance_weights)
     importance_cap: float = 2.0            # C of the correction: tis caps the ratio at C, mis zeroes above C
+    sampler: dict = field(default_factory=dict)   # fast-mode keys of `sampler` for the rollouts only (e.g.
+                                           # {kv_cache: true, fast_threshold: 0.9}: fast rollouts, exact evaluation)
     dropout: bool = False                  # sample in train mode, dropout active (the releases generate inside
                                            # their training step); False: eval mode
     decode: str = "first_eos"              # the text the reward reads: first_eos (cut at the first EOS) | all (all
@@ -335,11 +337,24 @@ def eval_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+ROLLOUT_SAMPLER_KEYS = ("fast_threshold", "kv_cache", "kv_refresh_every")   # what rollout.sampler may set
+
+
+def rollout_sampler(cfg: DictConfig) -> DictConfig:
+    """The sampler the rollouts draw with: `sampler` with `rollout.sampler` merged over it (only the
+    fast-mode keys: what is sampled and scored stays the same shape as what is evaluated)."""
+    other = [key for key in cfg.rollout.sampler if key not in ROLLOUT_SAMPLER_KEYS]
+    if other:
+        raise UserError(f"rollout.sampler.{other[0]}: only the fast-mode keys {', '.join(ROLLOUT_SAMPLER_KEYS)} may "
+                        "differ between rollouts and evaluation")
+    return OmegaConf.merge(cfg.sampler, cfg.rollout.sampler)
+
+
 IMPORTANCE_CORRECTIONS = ("none", "tis", "mis")     # rollout.importance_correction (objectives/base.py)
 
 
-def importance_problems(cfg: DictConfig) -> list[str]:
-    """One sentence for each rollout.* mismatch setting that cannot run with this sampler and method."""
+def importance_problems(cfg: DictConfig, sampler: DictConfig) -> list[str]:
+    """One sentence for each rollout.* mismatch setting that cannot run with this rollout sampler and method."""
     from gdsd_lightning.objectives import OBJECTIVES
 
     r, problems = cfg.rollout, []
@@ -352,8 +367,8 @@ def importance_problems(cfg: DictConfig) -> list[str]:
         refusal = getattr(OBJECTIVES[cfg.method.name], "importance_refusal", "it trains on no rollouts")
         if r.importance_cap <= 0:
             problems.append(f"rollout.importance_cap must be positive, got {r.importance_cap}")
-        if not cfg.sampler.kv_cache:
-            problems.append("rollout.importance_correction needs sampler.kv_cache=true: without the cache every "
+        if not sampler.kv_cache:
+            problems.append("rollout.importance_correction needs sampler.kv_cache=true (or rollout.sampler.kv_cache): without the cache every "
                             "forward is exact and every weight would be 1")
         if getattr(OBJECTIVES[cfg.method.name], "importance_level", None) is None:
             problems.append(f"rollout.importance_correction cannot be used with {cfg.method.name}: {refusal}")
@@ -362,8 +377,10 @@ def importance_problems(cfg: DictConfig) -> list[str]:
 
 def check_combinations(cfg: DictConfig) -> None:
     """Refuse settings that cannot work together, in one sentence each."""
-    s = cfg.sampler
-    problems = sampler_problems(s)
+    problems = sampler_problems(cfg.sampler)
+    s = rollout_sampler(cfg)
+    if cfg.rollout.sampler:
+        problems += [f"with rollout.sampler: {problem}" for problem in sampler_problems(s)]
     from gdsd_lightning.tasks import PROMPT_STYLES, RELEASES
 
     if cfg.task.prompt_style not in PROMPT_STYLES:
@@ -382,7 +399,7 @@ def check_combinations(cfg: DictConfig) -> None:
         problems.append(f"rollout.decode must be 'first_eos', 'all' or 'special', got {cfg.rollout.decode!r}")
     if cfg.rollout.passk_keep not in ("first_correct", "best_reward"):
         problems.append(f"rollout.passk_keep must be 'first_correct' or 'best_reward', got {cfg.rollout.passk_keep!r}")
-    problems += importance_problems(cfg)
+    problems += importance_problems(cfg, s)
     if cfg.optim.scheduler not in ("constant", "cosine"):
         problems.append(f"optim.scheduler must be 'constant' or 'cosine', got {cfg.optim.scheduler!r}")
     from gdsd_lightning.objectives.scores import MASK_SEED_RULES

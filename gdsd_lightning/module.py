@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torchmetrics import MeanMetric
 
+from gdsd_lightning.config import rollout_sampler
 from gdsd_lightning.diffusion.estimators import valid_completion_mask
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.errors import TrainingStopped, UserError
@@ -172,6 +173,7 @@ class DiffusionRLModule(DiffusionModule):
         super().__init__(cfg, policy, task)
         self.automatic_optimization = False
         self.objective = OBJECTIVES[cfg.method.name](cfg.method, cfg.sampler.gen_length)
+        self.rollout_sampler = rollout_sampler(cfg)     # `sampler` with the rollouts' own fast-mode keys
         # Frozen roles live outside the registered module tree: not trained, not checkpointed.
         self.roles: dict[str, DiffusionLM] = {}
         if self.objective.needs_reference:   # with LoRA: the policy with adapters off, no copy
@@ -222,8 +224,8 @@ class DiffusionRLModule(DiffusionModule):
         get every intermediate state (N, steps, L). With `rollout.dropout` the policy samples in train
         mode (LoRA dropout active), as the releases generate inside their training step; else in eval mode.
 
-        Fast mode (`sampler.kv_cache` or `fast_threshold`) measures the mismatch to the exact sampler
-        (`measures_mismatch`); with `rollout.importance_correction` the batch carries its weights,
+        Fast mode (`sampler.kv_cache` or `fast_threshold`; for the rollouts alone `rollout.sampler`)
+        measures the mismatch to the exact sampler (`measures_mismatch`); with `rollout.importance_correction` the batch carries its weights,
         per row from the summed log-ratio or per token (`Objective.importance_level`).
         """
         group = self.cfg.rollout.num_generations
@@ -263,7 +265,7 @@ class DiffusionRLModule(DiffusionModule):
     def measures_mismatch(self) -> bool:
         """Whether this rollout compares the fast sampler with the exact one: in fast mode, every
         rollout with an importance correction, else every `rollout.mismatch_every`-th (0: none)."""
-        s, r = self.cfg.sampler, self.cfg.rollout
+        s, r = self.rollout_sampler, self.cfg.rollout
         fast = s.kind == "block" and (s.kv_cache or s.fast_threshold is not None)
         return fast and (r.importance_correction != "none" or (r.mismatch_every > 0
                                                               and self.rollouts_done % r.mismatch_every == 0))
@@ -288,7 +290,7 @@ class DiffusionRLModule(DiffusionModule):
         """One sampling pass over `rows`: completions, texts, rewards, correctness, entropy and,
         for objectives that want them, the intermediate states (rows, steps, L) and their blocks; when
         measured, each token's log-ratio to the exact sampler and whether it reranked (rows, L)."""
-        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.cfg.sampler, self.cfg.rollout.temperature,
+        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.rollout_sampler, self.cfg.rollout.temperature,
                      generator, record_states=self.objective.record_states, measure_mismatch=self.measures_mismatch())
         texts = self.policy.decode(out.completions, self.cfg.rollout.decode)
         records = score(self.task, texts, [examples[i] for i in rows.tolist()])
