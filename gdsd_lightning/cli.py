@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     p_compare.add_argument("--jobs", type=int, default=1,
                            help="runs trained side by side, one torch thread each (default: 1)")
     p_compare.add_argument("--out", default="results", help="output directory (default: results)")
-    p_compare.add_argument("--rollout-modes", help="comma-separated subset of exact,fast,fast+tis,fast+mis: every method "
-                                                   "at its exact-tuned setting in each mode, into <out>/<task>_rollout_modes")
+    p_compare.add_argument("--rollout-modes", help="comma-separated rollout modes (exact, threshold, cache, fast, "
+                                                   "fast+tis, fast+mis: compare.ROLLOUT_MODES): every method at its "
+                                                   "exact-tuned setting in each mode, into <out>/<task>_rollout_modes")
     p_bench = command("bench", "sampler throughput, loss-step time and memory; MFU with --device cuda",
                       "[--quick] [--device cpu|cuda] [--out D] [--peak-tflops F] [--modes M,...]")
     p_bench.add_argument("--quick", action="store_true", help="smaller settings, about a minute on 2 CPU cores")

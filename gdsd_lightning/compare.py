@@ -55,12 +55,16 @@ SWEEP_BETAS = (0.0, 0.05, 0.5)             # the default --betas: the KL-anchor 
 COLLAPSE_FRACTION = 0.5                    # collapsed: final val headline < this x its start
 TARGET_GAIN = 0.10                         # rollouts_to_target: first val headline >= start + this
 SMOOTHING = 25                             # rollouts in the moving average of the reward plot
-FAST_ROLLOUTS = ["rollout.sampler.kv_cache=true", f"rollout.sampler.fast_threshold={FAST_THRESHOLD}"]
+THRESHOLD = f"rollout.sampler.fast_threshold={FAST_THRESHOLD}"
+CACHE = "rollout.sampler.kv_cache=true"
+SOME_MEASURED = "rollout.mismatch_every=10"     # the mismatch measured on every 10th rollout
 ROLLOUT_MODES = {                          # --rollout-modes: how the rollouts are drawn (evaluation stays exact)
     "exact": [],
-    "fast": [*FAST_ROLLOUTS, "rollout.mismatch_every=10"],          # mismatch measured on every 10th rollout
-    "fast+tis": [*FAST_ROLLOUTS, "rollout.importance_correction=tis"],
-    "fast+mis": [*FAST_ROLLOUTS, "rollout.importance_correction=mis"],
+    "threshold": [THRESHOLD, SOME_MEASURED],            # exact probabilities, another schedule
+    "cache": [CACHE, SOME_MEASURED],                    # the exact schedule, approximate probabilities
+    "fast": [THRESHOLD, CACHE, SOME_MEASURED],
+    "fast+tis": [THRESHOLD, CACHE, "rollout.importance_correction=tis"],
+    "fast+mis": [THRESHOLD, CACHE, "rollout.importance_correction=mis"],
 }
 NOTES = """Columns: `final_*` = test metrics (greedy) of the final model, `best_*` = of the best-by-val checkpoint,
 mean and std over seeds; `base_*` = the SFT base on the same test split; `rollouts_to_target` = rollouts until the val
