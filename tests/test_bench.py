@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gdsd_lightning.bench import SAMPLER_MODES, bench_scale, forward_flops, sampler_flops, stand_in
+from gdsd_lightning.commands.bench import SAMPLER_MODES, bench_scale, forward_flops, sampler_flops, stand_in
 from gdsd_lightning.diffusion.sampler import block_sample
 from gdsd_lightning.objectives import RL_METHODS
 

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from gdsd_lightning.cli import main
 from gdsd_lightning.config import PROJECT_ROOT, load_experiment
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.train import train
+from gdsd_lightning.commands.train import train
 from tests.conftest import rl_overrides
 
 MAKE_TO_COMMAND = {"data": "make-data"}          # make targets whose CLI command has another name
@@ -100,3 +100,20 @@ def test_the_package_import_graph_has_no_cycle():
                 imported |= {a.name for a in node.names} & modules.keys()
         graph[module] = imported - {module}
     TopologicalSorter(graph).prepare()      # raises graphlib.CycleError naming the cycle
+
+
+def test_the_progress_bar_shows_the_step_against_max_steps_and_no_logger_version(tmp_path):
+    """`make train` once showed `Epoch 0/-2` (max_epochs=-1: the run ends at max_steps) and
+    `v_num: oard` (the tail of the tensorboard/ directory's name)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from gdsd_lightning.callbacks import ProgressBar
+
+    bar = ProgressBar()
+    trainer = SimpleNamespace(loggers=[TensorBoardLogger(save_dir=str(tmp_path), name="", version="tensorboard")],
+                              progress_bar_metrics={"train/loss": 0.5}, global_step=3, max_steps=200, max_epochs=-1)
+    assert bar.get_metrics(trainer, None) == {"step": "3/200", "train/loss": 0.5}
+    bar._trainer = trainer
+    assert bar._get_train_description(0).strip() == "Epoch 0"

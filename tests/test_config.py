@@ -78,7 +78,7 @@ def test_command_line_extends_merges_a_file_before_the_overrides():
 
 
 def test_compare_gives_every_method_the_shared_schedule_and_keeps_each_methods_own_settings():
-    from gdsd_lightning.compare import SHARED_SCHEDULE
+    from gdsd_lightning.commands.compare import SHARED_SCHEDULE
 
     demo = load_experiment("gdsd_tiny_sudoku")                     # `make train`'s default
     assert demo.method.beta == 0.05 and demo.optim.scheduler == "cosine"

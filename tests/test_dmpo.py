@@ -81,7 +81,7 @@ def test_prepare_gives_pure_reward_weights_when_policy_and_reference_agree(tiny_
 
 
 def test_dmpo_trains_and_refuses_odd_replicates(tmp_path, varied_reward):
-    from gdsd_lightning.train import train
+    from gdsd_lightning.commands.train import train
     from gdsd_lightning.config import load_experiment
     from gdsd_lightning.errors import UserError
     from tests.conftest import rl_overrides

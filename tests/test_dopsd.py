@@ -121,7 +121,7 @@ def test_a_policy_teacher_is_the_policy_at_the_step_that_uses_the_state(tiny_lla
 
 
 def test_a_rollout_that_fails_the_gate_still_steps_on_a_zero_loss_unless_skip_gated(tmp_path, monkeypatch):
-    from gdsd_lightning.train import train
+    from gdsd_lightning.commands.train import train
     from gdsd_lightning.config import load_experiment
     from gdsd_lightning.errors import UserError
     from gdsd_lightning.models import DiffusionLM

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from gdsd_lightning.train import train
+from gdsd_lightning.commands.train import train
 from gdsd_lightning.config import load_experiment
 from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.models import DiffusionLM

@@ -17,7 +17,7 @@ from gdsd_lightning.errors import UserError
 from gdsd_lightning.models import FAMILIES, DiffusionLM
 from gdsd_lightning.models.build import build_policy
 from gdsd_lightning.models.lora import add_lora
-from tests.published_checkpoints import DREAM_CONFIG, LLADA_CONFIG, write_dream, write_llada
+from gdsd_lightning.models.toy_checkpoints import DREAM_CONFIG, LLADA_CONFIG, write_dream, write_llada
 
 
 def llada_reference_logits(tensors: dict, config: dict, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:

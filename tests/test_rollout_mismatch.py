@@ -18,7 +18,7 @@ from gdsd_lightning.objectives.diffu_grpo import diffu_grpo_loss
 from gdsd_lightning.objectives.espo import espo_loss
 from gdsd_lightning.objectives.gdsd import gdsd_loss
 from gdsd_lightning.objectives.spg import spg_loss
-from gdsd_lightning.train import train
+from gdsd_lightning.commands.train import train
 from tests.conftest import make_tiny, rl_overrides
 
 PROMPTS = ["12 34 ", "4 3 2 1 "]

@@ -1,6 +1,6 @@
 """Every model of this harness as an lm-evaluation-harness model, registered as `gdsd_lightning`.
 
-    python -m gdsd_lightning.lm_eval_cli --model gdsd_lightning --batch_size 8 \\
+    python -m gdsd_lightning.commands.lm_eval_cli --model gdsd_lightning --batch_size 8 \\
         --model_args path=runs/gdsd_llada_gsm8k/latest/final,gen_length=256,steps=128,block_length=32 \\
         --tasks gsm8k_cot,minerva_math,humaneval,mbpp --output_path out/
 
@@ -58,7 +58,7 @@ from gdsd_lightning.models.adapter import FAMILY_FILE, DiffusionLM
 from gdsd_lightning.models.families import FAMILIES
 from gdsd_lightning.protocol import MINERVA_SUBJECTS, Protocol
 
-TASKS_DIR = Path(__file__).with_name("lm_eval_tasks")   # the sandboxed humaneval / mbpp tasks
+TASKS_DIR = Path(__file__).parents[1] / "lm_eval_tasks"   # the sandboxed humaneval / mbpp tasks
 
 
 def load_model(path: str | None = None, family: str | None = None, lora: str | None = None,
@@ -103,7 +103,7 @@ class DiffusionHarnessLM(LM):
         `max_batch_size` and `trust_remote_code` are lm-eval's, not used (the family decides)."""
         if unknown:
             raise UserError(f"unknown model_args for gdsd_lightning: {', '.join(sorted(unknown))} (see "
-                            "gdsd_lightning/lm_eval_model.py)")
+                            "gdsd_lightning/commands/lm_eval_model.py)")
         super().__init__()
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             device = "cuda" if torch.cuda.is_available() else "cpu"     # lm-eval's --device defaults to cuda

@@ -163,7 +163,7 @@ def finished_run(cfg: DictConfig) -> Path | None:
 def test_metrics(cfg: DictConfig, ckpt: Path, out_dir: Path) -> dict[str, float]:
     """Greedy test metrics of `ckpt` (accuracy, reward, the task's extras), read back from
     out_dir/summary.json when already computed."""
-    from gdsd_lightning.evaluate import evaluate
+    from gdsd_lightning.commands.evaluate import evaluate
     from gdsd_lightning.tasks import get_task
 
     summary = out_dir / "summary.json"
@@ -189,7 +189,7 @@ def rollout_curves(run_dir: Path, fit_started: float) -> dict[str, list[tuple[in
 def run_one(method: str, experiment: str, lr: float, beta: float | None, seed: int, overrides: list[str]) -> RunResult:
     """Train or reuse one run and test it. "Best" is the best-by-val model: the base itself when
     no evaluation during training beat step 0, else checkpoints/best.ckpt."""
-    from gdsd_lightning.train import train_with_base
+    from gdsd_lightning.commands.train import train_with_base
 
     anchor = [] if beta is None else [f"method.beta={beta}"]
     run_overrides = [*overrides, f"optim.lr={lr}", *anchor, f"seed={seed}"]
@@ -226,7 +226,7 @@ def base_model(experiment: str, overrides: list[str]) -> tuple[DictConfig, Path 
     base = load_experiment(experiment, overrides).model.init_from
     if base is None:
         return None
-    from gdsd_lightning.train import base_overrides
+    from gdsd_lightning.commands.train import base_overrides
 
     base_cfg = load_experiment(base, base_overrides(overrides))
     return base_cfg, latest_final_model(base_cfg.runs_dir, base)

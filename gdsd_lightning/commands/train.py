@@ -23,8 +23,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gdsd_lightning.callbacks import (AtomicCheckpointIO, CheckpointAfterEvaluation, ReferenceSync, RolloutStatistics,
-                                      ValHistory)
+from gdsd_lightning.callbacks import (AtomicCheckpointIO, CheckpointAfterEvaluation, ProgressBar, ReferenceSync,
+                                      RolloutStatistics, ValHistory)
 from gdsd_lightning.config import load_experiment, save_config
 from gdsd_lightning.data import PromptDataModule
 from gdsd_lightning.errors import TrainingStopped
@@ -101,6 +101,7 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, supervised: bool) -> list[L.C
     and, for RL, the rollout statistics and the optional reference sync."""
     checkpoints = run_dir / "checkpoints"
     callbacks = [
+        ProgressBar(),
         CheckpointAfterEvaluation(cfg.trainer.checkpoint_every_n_steps, dirpath=checkpoints, filename="step{step}",
                                   auto_insert_metric_name=False, save_top_k=1, save_last="link"),
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/accuracy", mode="max", save_top_k=1,
