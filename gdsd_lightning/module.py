@@ -6,8 +6,9 @@ One RL training step = one rollout batch:
             -> objective.prepare (old / reference scores, same mask seeds)
             -> mu x { micro-batch losses -> manual_backward -> clip -> optimiser step }
 
-Nothing here is method-specific: the objective declares the roles it needs (a frozen reference
-when beta > 0) and supplies the loss.
+Nothing here is method-specific: the objective declares the roles it needs (`Objective.roles`: a
+frozen reference, e.g. for a KL anchor when method.beta > 0) and supplies the loss. The `rollout`
+and `optim` sections are this module's (RolloutConfig, OptimConfig).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -24,6 +26,7 @@ from torchmetrics import MeanMetric
 
 from gdsd_lightning.diffusion.estimators import valid_completion_mask
 from gdsd_lightning.diffusion.masking import generator_for
+from gdsd_lightning.diffusion.sampler import SamplerConfig
 from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.generation import encode_prompts, generate_and_score, sample, score
 from gdsd_lightning.models.adapter import DiffusionLM
@@ -32,6 +35,71 @@ from gdsd_lightning.objectives import OBJECTIVES
 from gdsd_lightning.objectives.base import RolloutBatch, group_advantages, importance_weights, zero_loss
 from gdsd_lightning.objectives.sft import masked_diffusion_loss
 from gdsd_lightning.tasks import Task
+
+
+@dataclass
+class RolloutConfig:
+    """The `rollout` section: how the RL loop samples and scores its rollouts."""
+
+    prompts_per_step: int = 8              # prompts per rollout batch (per rank)
+    num_generations: int = 8               # G completions per prompt
+    temperature: float = 1.0               # sampling temperature during training rollouts (replaces sampler.temperature)
+    passk: int = 1                         # attempts per row (d-OPSD's pass@k)
+    passk_keep: str = "first_correct"      # first_correct: stop at a correct attempt, else keep the last |
+                                           # best_reward: run all attempts, keep the best (ties: the later)
+    mismatch_every: int = 1                # with sampler.kv_cache or fast_threshold: measure the rollout's
+                                           # mismatch to the exact sampler every n rollouts (0: never; one
+                                           # uncached forward more per cached step; docs/sampling.md)
+    importance_correction: str = "none"    # none | tis | mis: weight each row (token) by the exact-to-sampler
+                                           # probability ratio (objectives/base.py, importance_weights)
+    importance_cap: float = 2.0            # C of the correction: tis caps the ratio at C, mis zeroes above C
+    dropout: bool = False                  # sample in train mode, dropout active (the releases generate inside
+                                           # their training step); False: eval mode
+    decode: str = "first_eos"              # the text the reward reads: first_eos (cut at the first EOS) | all (all
+                                           # L tokens, special tokens dropped: the releases) | special (all, kept: d-OPSD)
+
+    IMPORTANCE_CORRECTIONS: ClassVar[tuple[str, ...]] = ("none", "tis", "mis")
+
+    def problems(self, cfg: DictConfig) -> list[str]:
+        """One sentence for each rollout.* setting that cannot run (with this sampler); the objective
+        adds what it needs of the rollout (Objective.config_problems)."""
+        problems = []
+        if self.passk < 1:
+            problems.append(f"rollout.passk must be at least 1, got {self.passk}")
+        if self.decode not in ("first_eos", "all", "special"):
+            problems.append(f"rollout.decode must be 'first_eos', 'all' or 'special', got {self.decode!r}")
+        if self.passk_keep not in ("first_correct", "best_reward"):
+            problems.append(f"rollout.passk_keep must be 'first_correct' or 'best_reward', got {self.passk_keep!r}")
+        if self.mismatch_every < 0:
+            problems.append(f"rollout.mismatch_every must be 0 (never) or a positive number of rollouts, "
+                            f"got {self.mismatch_every}")
+        if self.importance_correction not in self.IMPORTANCE_CORRECTIONS:
+            problems.append(f"rollout.importance_correction must be one of {', '.join(self.IMPORTANCE_CORRECTIONS)}, "
+                            f"got {self.importance_correction!r}")
+        elif self.importance_correction != "none":
+            if self.importance_cap <= 0:
+                problems.append(f"rollout.importance_cap must be positive, got {self.importance_cap}")
+            if not cfg.sampler.kv_cache:
+                problems.append("rollout.importance_correction needs sampler.kv_cache=true: without the cache every "
+                                "forward is exact and every weight would be 1")
+        return problems
+
+
+@dataclass
+class OptimConfig:
+    """The `optim` section: AdamW and its learning-rate schedule (DiffusionModule.configure_optimizers)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 0
+    scheduler: str = "constant"            # constant | cosine
+    grad_clip: float = 1.0
+
+    def problems(self, cfg: DictConfig) -> list[str]:
+        if self.scheduler not in ("constant", "cosine"):
+            return [f"optim.scheduler must be 'constant' or 'cosine', got {self.scheduler!r}"]
+        return []
 
 
 class DiffusionModule(L.LightningModule):
@@ -171,10 +239,11 @@ class DiffusionRLModule(DiffusionModule):
         super().__init__(cfg, policy, task)
         self.automatic_optimization = False
         self.objective = OBJECTIVES[cfg.method.name](cfg.method, cfg.sampler.gen_length)
-        # Frozen roles live outside the registered module tree: not trained, not checkpointed.
-        self.roles: dict[str, DiffusionLM] = {}
-        if self.objective.needs_reference:   # with LoRA: the policy with adapters off, no copy
-            self.roles["reference"] = frozen_reference(policy)
+        self.sampler = SamplerConfig.of(cfg.sampler).at(temperature=cfg.rollout.temperature)   # the rollouts'
+        # The frozen roles the objective declares (Objective.roles), each the frozen initial model (with LoRA:
+        # the policy with adapters off, no copy); outside the registered module tree: not trained, not checkpointed.
+        self.roles: dict[str, DiffusionLM] = {role: frozen_reference(policy) for role in self.objective.roles
+                                              if self.objective.needs(role)}
         self.last_rollout: RolloutLog | None = None
         self.rollouts_done = 0        # rollout batches drawn, including skipped ones (checkpointed)
         self.empty_rollouts = Streak(cfg.trainer.max_skipped_in_a_row)   # nothing left to train on
@@ -262,9 +331,8 @@ class DiffusionRLModule(DiffusionModule):
     def measures_mismatch(self) -> bool:
         """Whether this rollout compares the fast sampler with the exact one: in fast mode, every
         rollout with an importance correction, else every `rollout.mismatch_every`-th (0: none)."""
-        s, r = self.cfg.sampler, self.cfg.rollout
-        fast = s.kind == "block" and (s.kv_cache or s.fast_threshold is not None)
-        return fast and (r.importance_correction != "none" or (r.mismatch_every > 0
+        r = self.cfg.rollout
+        return self.sampler.fast and (r.importance_correction != "none" or (r.mismatch_every > 0
                                                               and self.rollouts_done % r.mismatch_every == 0))
 
     def attempts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
@@ -287,8 +355,8 @@ class DiffusionRLModule(DiffusionModule):
         """One sampling pass over `rows`: completions, texts, rewards, correctness, entropy and,
         for objectives that want them, the intermediate states (rows, steps, L) and their blocks; when
         measured, each token's log-ratio to the exact sampler and whether it reranked (rows, L)."""
-        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.cfg.sampler, self.cfg.rollout.temperature,
-                     generator, record_states=self.objective.record_states, measure_mismatch=self.measures_mismatch())
+        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.sampler, generator,
+                     record_states=self.objective.record_states, measure_mismatch=self.measures_mismatch())
         texts = self.policy.decode(out.completions, self.cfg.rollout.decode)
         records = score(self.task, texts, [examples[i] for i in rows.tolist()])
         attempt = {

@@ -1,7 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from gdsd_lightning.config import list_experiments, load_experiment
+from gdsd_lightning.config import list_experiments
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
 
 
@@ -107,7 +108,8 @@ def test_configuration_doc_names_every_key():
     (sections or objectives) without a row there fails here."""
     from dataclasses import MISSING, fields, is_dataclass
 
-    from gdsd_lightning.config import PROJECT_ROOT, ExperimentConfig
+    from gdsd_lightning.config import PROJECT_ROOT
+    from gdsd_lightning.experiment import ExperimentConfig
     from gdsd_lightning.objectives import OBJECTIVES
 
     doc = (PROJECT_ROOT / "docs" / "configuration.md").read_text()

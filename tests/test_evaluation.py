@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.commands.evaluate import evaluate, pick_best_on_test
 from gdsd_lightning.metrics import pass_at_k, pass_at_k_mean
@@ -347,7 +347,7 @@ def test_sandboxed_tasks_keep_lm_eval_prompts():
 
 
 def test_a_hub_task_offline_fails_in_seconds_with_one_sentence(tmp_path, monkeypatch, capsys):
-    from gdsd_lightning import lm_eval_model
+    from gdsd_lightning.commands import lm_eval_model
     from gdsd_lightning.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

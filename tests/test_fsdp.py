@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from gdsd_lightning.commands.train import train
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.models import DiffusionLM
 from tests.conftest import make_tiny, rl_overrides
 from gdsd_lightning.models.toy_checkpoints import write_dream, write_llada

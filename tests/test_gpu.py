@@ -16,7 +16,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gdsd_lightning.commands.train import train
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.models.build import build_policy
 from gdsd_lightning.models.toy_checkpoints import write_llada
 

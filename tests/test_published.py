@@ -12,7 +12,7 @@ from safetensors import safe_open
 from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from gdsd_lightning.cli import main
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models import FAMILIES, DiffusionLM
 from gdsd_lightning.models.build import build_policy

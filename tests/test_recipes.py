@@ -4,7 +4,7 @@ facebookresearch/SPG spg/slurm_scripts/, xingzhejun/d-opsd-code d-opsd/run/)."""
 
 import pytest
 
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 
 
 def completions_per_step(cfg) -> int:

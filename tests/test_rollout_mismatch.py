@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion.sampler import block_sample, step_mismatch
 from gdsd_lightning.errors import UserError

@@ -40,7 +40,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gdsd_lightning.config import list_experiments, load_experiment, load_run_config
+from gdsd_lightning.config import list_experiments
+from gdsd_lightning.experiment import load_experiment, load_run_config
 from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.objectives import OBJECTIVES, RL_METHODS
 from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from gdsd_lightning.checkpoints import ModelRef, load_ref, models_for_rule
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.data import load_split
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.errors import UserError
@@ -115,7 +115,7 @@ def own_task_results(policy: DiffusionLM, task: Task, protocol: Protocol, exampl
         for start in tqdm(range(0, len(examples), size), desc=f"{task.name} L={length} sample {draw}", unit="batch"):
             ids, mask = policy.encode_prompts(prompts[start:start + size], None if papers else max_prompt_length,
                                               add_special_tokens=papers)
-            out = sample(policy, ids.to(policy.device), mask.to(policy.device), settings, settings.temperature, generator)
+            out = sample(policy, ids.to(policy.device), mask.to(policy.device), settings, generator)
             # the releases read the whole completion with its special tokens; the experiment cuts at EOS
             texts = policy.tokenizer.batch_decode(out.completions, skip_special_tokens=False) if papers \
                 else policy.decode(out.completions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
 
 

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from gdsd_lightning.callbacks import (AtomicCheckpointIO, CheckpointAfterEvaluation, ProgressBar, ReferenceSync,
                                       RolloutStatistics, ValHistory)
-from gdsd_lightning.config import load_experiment, save_config
+from gdsd_lightning.config import save_config
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.data import PromptDataModule
 from gdsd_lightning.errors import TrainingStopped
 from gdsd_lightning.hub import wandb_reachable
@@ -84,9 +85,9 @@ def base_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.split("=")[0] in ("runs_dir", "task.data_dir")]
 
 
-def train_with_base(name: str, overrides: list[str]) -> Path:
-    """Train `name`; if its base model (model.init_from) is missing, train the base first."""
-    cfg = load_experiment(name, overrides)
+def train_with_base(experiment: str, overrides: list[str]) -> Path:
+    """Train `experiment`; if its base model (model.init_from) is missing, train the base first."""
+    cfg = load_experiment(experiment, overrides)
     try:
         return train(cfg)
     except MissingBaseModel as missing:

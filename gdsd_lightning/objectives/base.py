@@ -23,6 +23,7 @@ from typing import ClassVar, Iterator
 import torch
 from omegaconf import DictConfig
 
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 
 
@@ -84,24 +85,72 @@ class ObjectiveConfig:
 
 
 class Objective(ABC):
+    """An RL method: its `Config` (the `method` section), what it needs from the rest of the
+    experiment (declared below as data, checked by `config_problems` when the experiment loads) and
+    its loss."""
+
     Config: ClassVar[type] = ObjectiveConfig
+    # The frozen roles the module builds for this objective, each with the method key that switches it
+    # on ("": always). "reference": the frozen initial model (with LoRA: the policy, adapters off).
+    roles: ClassVar[dict[str, str]] = {}
     record_states: ClassVar[bool] = False   # rollouts keep every intermediate denoising state
     uses_groups: ClassVar[bool] = True      # advantages are relative to a group of G >= 2
-    kl_anchor: ClassVar[bool] = False       # the loss has a KL-to-reference term weighted by cfg.beta
+    kl_anchor: ClassVar[bool] = False       # the loss has a KL-to-reference term weighted by method.beta: the
+                                            # objective's reference is switched on by beta (make compare tunes it)
     # rollout.importance_correction: which weights the loss's rollout terms take (`importance_weights`),
     # "sequence" (one per row: a sequence-level score) or "token" (per completion token: a per-token
     # loss); None refuses the correction, `importance_refusal` saying why
     importance_level: ClassVar[str | None] = None
     importance_refusal: ClassVar[str] = "its loss has no per-row terms to weight"
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.kl_anchor = cls.roles.get("reference") == "beta"
+
     def __init__(self, cfg: DictConfig, gen_length: int):
+        problems = self.method_problems(cfg, gen_length)
+        if problems:
+            raise UserError("; ".join(problems))
         self.cfg = cfg
         self.gen_length = gen_length
 
+    @classmethod
+    def method_problems(cls, method, gen_length: int) -> list[str]:
+        """One sentence for each value of the `method` section this objective cannot train with, at
+        completions of `gen_length` tokens."""
+        if method.num_iterations < 1:
+            return [f"method.num_iterations (mu) must be at least 1, got {method.num_iterations}"]
+        return []
+
+    @classmethod
+    def config_problems(cls, cfg: DictConfig) -> list[str]:
+        """The method section's problems and, in one sentence each, what this objective needs of the
+        rest of the experiment `cfg` that it does not get (groups, an importance correction it can
+        weight, exact states)."""
+        problems = cls.method_problems(cfg.method, cfg.sampler.gen_length)
+        name, rollout = cfg.method.name, cfg.rollout
+        if rollout.num_generations < 2 and cls.uses_groups:
+            problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
+        if rollout.importance_correction in ("tis", "mis") and cls.importance_level is None:
+            problems.append(f"rollout.importance_correction cannot be used with {name}: {cls.importance_refusal}")
+        if cls.record_states:   # d-OPSD; docs/sampling.md, "Fast rollouts in RL"
+            reasons = {"fast_threshold": "the threshold commits more than the L / steps positions it distils per "
+                                         "recorded state and ends blocks early, so states and positions disagree",
+                       "kv_cache": "the cache would record states drawn by an approximate model, off-policy for the "
+                                   "student it distils there"}
+            problems += [f"sampler.{key} cannot be used with {name}: {reason}"
+                         for key, reason in reasons.items() if cfg.sampler[key] not in (None, False)]
+        return problems
+
+    def needs(self, role: str) -> bool:
+        """Whether the module must build `role` (declared in `roles`) for this configuration."""
+        switch = self.roles.get(role)
+        return switch is not None and (switch == "" or bool(getattr(self.cfg, switch)))
+
     @property
     def needs_reference(self) -> bool:
-        """Whether the module must build the frozen reference role: for the KL anchor, when weighted."""
-        return self.kl_anchor and self.cfg.beta > 0
+        """Whether `prepare` records the reference's scores (the KL anchor, when weighted)."""
+        return self.needs("reference")
 
     @property
     def needs_old(self) -> bool:

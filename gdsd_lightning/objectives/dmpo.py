@@ -37,7 +37,6 @@ import torch
 
 from gdsd_lightning.diffusion.estimators import completion_logprobs
 from gdsd_lightning.diffusion.masking import antithetic_masks, generator_for
-from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
 
@@ -78,17 +77,17 @@ class DMPO(Objective):
     importance_refusal = ("its group softmax already self-normalises importance weights against the rollout "
                           "policy (logRND), so a sampler ratio would belong inside that softmax, not as a capped factor")
 
-    def __init__(self, cfg, gen_length: int):
-        super().__init__(cfg, gen_length)
-        if cfg.alpha <= 0 or cfg.num_replicates < 2 or cfg.num_replicates % 2:
-            raise UserError(f"method.alpha must be positive and method.num_replicates even and at least 2 "
-                            f"(antithetic pairs); got alpha={cfg.alpha}, num_replicates={cfg.num_replicates}")
-        if cfg.loss_scale not in ("groups", "device_batch"):
-            raise UserError(f"method.loss_scale must be 'groups' or 'device_batch', got {cfg.loss_scale!r}")
+    roles = {"reference": ""}          # always: logRND is relative to the reference
 
-    @property
-    def needs_reference(self) -> bool:
-        return True                    # logRND is relative to the reference
+    @classmethod
+    def method_problems(cls, method, gen_length: int) -> list[str]:
+        problems = super().method_problems(method, gen_length)
+        if method.alpha <= 0 or method.num_replicates < 2 or method.num_replicates % 2:
+            problems.append(f"method.alpha must be positive and method.num_replicates even and at least 2 "
+                            f"(antithetic pairs); got alpha={method.alpha}, num_replicates={method.num_replicates}")
+        if method.loss_scale not in ("groups", "device_batch"):
+            problems.append(f"method.loss_scale must be 'groups' or 'device_batch', got {method.loss_scale!r}")
+        return problems
 
     def masked_logprobs(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
         """(K, B) per-replicate mean log-prob of the masked tokens, under this iteration's masks."""

@@ -145,15 +145,18 @@ class DOPSD(Objective):
     needs_old = False
     importance_refusal = "it distils at the sampler's recorded states, where no sequence probability is weighted"
 
+    roles = {"reference": "fixed_teacher"}   # the teacher: the frozen initial model, else the policy itself
+
     def __init__(self, cfg, gen_length: int):
         super().__init__(cfg, gen_length)
-        if cfg.clamp_scope not in ("element", "position"):
-            raise UserError(f"method.clamp_scope must be 'element' or 'position', got {cfg.clamp_scope!r}")
         self.teacher: DiffusionLM | None = None      # set by prepare: the network the loss distils from
 
-    @property
-    def needs_reference(self) -> bool:
-        return self.cfg.fixed_teacher
+    @classmethod
+    def method_problems(cls, method, gen_length: int) -> list[str]:
+        problems = super().method_problems(method, gen_length)
+        if method.clamp_scope not in ("element", "position"):
+            problems.append(f"method.clamp_scope must be 'element' or 'position', got {method.clamp_scope!r}")
+        return problems
 
     @torch.no_grad()
     def prepare(self, policy: DiffusionLM, reference: DiffusionLM | None, batch: RolloutBatch) -> RolloutBatch:

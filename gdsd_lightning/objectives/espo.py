@@ -47,7 +47,7 @@ def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, advantages: torch.Tens
 
 class ESPO(Objective):
     Config = ESPOConfig
-    kl_anchor = True
+    roles = {"reference": "beta"}         # a KL anchor: the reference, built when beta > 0
     importance_level = "sequence"
 
     def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:

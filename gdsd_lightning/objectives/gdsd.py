@@ -65,7 +65,7 @@ def gdsd_loss(d_theta: torch.Tensor, d_old: torch.Tensor, advantages: torch.Tens
 
 class GDSD(Objective):
     Config = GDSDConfig
-    kl_anchor = True
+    roles = {"reference": "beta"}         # a KL anchor: the reference, built when beta > 0
     importance_level = "sequence"
     center_logits = False
     reduce = staticmethod(denoiser_score)
