@@ -387,12 +387,10 @@ class DiffusionRLModule(DiffusionModule):
         rows_everywhere = int(self.trainer.strategy.reduce(torch.tensor(float(batch.rows), device=self.device),
                                                            reduce_op="sum"))
         if rows_everywhere == 0:   # e.g. d-OPSD with method.skip_gated: no optimiser step on an empty loss
-            self.empty_rollouts.hit(lambda: (
+            return self.skip(self.empty_rollouts, "skipped_rollouts", lambda: (
                 f"rollouts in a row left nothing to train on, up to optimiser step {self.global_step} "
                 f"({self.cfg.method.name}: {batch.stats}); the policy never passes the objective's gate. Raise "
                 "rollout.passk, lower the gate or start from a stronger base (limit: trainer.max_skipped_in_a_row)"))
-            self.log("train/skipped_rollouts", float(self.empty_rollouts.total), batch_size=1)
-            return
         self.empty_rollouts.reset()
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -411,17 +409,22 @@ class DiffusionRLModule(DiffusionModule):
             bad = [key for key, value in totals.items() if not torch.isfinite(torch.as_tensor(value)).all()]
             if bad:   # skip the step: a NaN/inf must not reach the weights or Adam's moments
                 optimizer.zero_grad()
-                self.bad_steps.hit(lambda: (
+                self.skip(self.bad_steps, "skipped_bad_steps", lambda: (
                     f"non-finite {', '.join(bad)} in optimiser steps in a row, the last at step {self.global_step} "
                     f"(rollout {self.rollouts_done}, inner iteration {iteration}, {self.cfg.method.name}); "
                     "lower optim.lr or check the objective's terms (limit: trainer.max_bad_steps_in_a_row)"))
-                self.log("train/skipped_bad_steps", float(self.bad_steps.total), batch_size=1)
                 continue
             self.bad_steps.reset()
             optimizer.step()
             scheduler.step()
         self.log_dict({f"train/{k}": v for k, v in self.global_means(totals, batch.rows).items()}, batch_size=1)
         self.log("train/lr", scheduler.get_last_lr()[0], batch_size=1)
+
+    def skip(self, streak: "Streak", tag: str, message) -> None:
+        """One more skipped rollout or optimiser step in `streak` (TrainingStopped at its limit, with
+        `message()`), the total logged as train/<tag>."""
+        streak.hit(message)
+        self.log(f"train/{tag}", float(streak.total), batch_size=1)
 
     def global_means(self, metrics: dict, weight: float) -> dict[str, float]:
         """Means over ranks, weighted by `weight` (this rank's rows), of metrics whose keys may differ

@@ -2,6 +2,8 @@
 
     coupled_sequence_scores   stratified coupled pairs -> D or the coupled ELBO    (GDSD, TLC, ESPO)
     mean_field_logprobs       completion fully masked, prompt masked with p        (diffu-GRPO, wd1)
+
+and the KL-to-reference anchor on sequence scores (GDSD, TLC, ESPO), `with_k2_anchor`.
 """
 
 from __future__ import annotations
@@ -39,3 +41,17 @@ def mean_field_logprobs(model: DiffusionLM, batch: RolloutBatch, iteration: int,
     prompt_masked, masked = full_completion_mask(batch.rows, batch.completions.shape[1], batch.prompt_ids.shape[1],
                                                  p_mask_prompt, gen)
     return completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completions, masked, prompt_masked)
+
+
+def with_k2_anchor(loss: torch.Tensor, metrics: dict[str, torch.Tensor], score: torch.Tensor,
+                   ref: torch.Tensor | None, beta: float, length: int) -> torch.Tensor:
+    """`loss` plus the k2 KL to the reference on sequence scores (B, ...) of completions of `length`
+    tokens, logged as metrics["kl_ref"]; `loss` itself without a reference score:
+
+        loss + beta sum 1/2 (score - ref)^2 / (number of scores x L)
+    """
+    if ref is None:
+        return loss
+    kl = (0.5 * (score - ref) ** 2).sum() / (score.numel() * length)
+    metrics["kl_ref"] = kl.detach()
+    return loss + beta * kl
