@@ -91,7 +91,8 @@ class Objective(ABC):
 
     Config: ClassVar[type] = ObjectiveConfig
     # The frozen roles the module builds for this objective, each with the method key that switches it
-    # on ("": always). "reference": the frozen initial model (with LoRA: the policy, adapters off).
+    # on when positive or true ("": always). "reference": the frozen initial model (with LoRA: the
+    # policy, adapters off).
     roles: ClassVar[dict[str, str]] = {}
     record_states: ClassVar[bool] = False   # rollouts keep every intermediate denoising state
     uses_groups: ClassVar[bool] = True      # advantages are relative to a group of G >= 2
@@ -145,7 +146,7 @@ class Objective(ABC):
     def needs(self, role: str) -> bool:
         """Whether the module must build `role` (declared in `roles`) for this configuration."""
         switch = self.roles.get(role)
-        return switch is not None and (switch == "" or bool(getattr(self.cfg, switch)))
+        return switch is not None and (switch == "" or getattr(self.cfg, switch) > 0)
 
     @property
     def needs_reference(self) -> bool:
