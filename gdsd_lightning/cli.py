@@ -61,12 +61,11 @@ def names(text: str) -> list[str]:
 @dataclass(frozen=True)
 class Command:
     """A command: the function that runs it ("module:function", imported when chosen; called with the
-    options by name, and `overrides` when it takes key=value overrides), its help and its options.
-    What the function returns, when a string, is printed."""
+    options by name, and `overrides` when it takes key=value overrides), its help and its options,
+    from which argparse writes the usage line. What the function returns, when a string, is printed."""
 
     run: str
     help: str
-    usage: str = ""
     epilog: str = ""
     options: tuple = ()
     overrides: bool = False
@@ -76,8 +75,7 @@ EXPERIMENT = opt("experiment", help="an experiment in experiments/ (see `list`) 
 COMMANDS = {
     "train": Command(
         "gdsd_lightning.commands.train:train_with_base",
-        "train an experiment (SFT or RL); a missing base model is trained first", "EXPERIMENT [key=value ...]",
-        "Writes runs/<experiment>/<run>/: config.yaml, the loggers' files (trainer.logger=tensorboard,\n"
+        "train an experiment (SFT or RL); a missing base model is trained first", "Writes runs/<experiment>/<run>/: config.yaml, the loggers' files (trainer.logger=tensorboard,\n"
         "csv, wandb), checkpoints/, final/ and summary.json. Resume with resume=<.../last.ckpt>.\n"
         "Example: python -m gdsd_lightning train gdsd_tiny_sudoku seed=1 trainer.logger=tensorboard,csv",
         (EXPERIMENT,), overrides=True),
@@ -85,7 +83,6 @@ COMMANDS = {
         "gdsd_lightning.commands.evaluate:evaluate_experiment",
         "evaluate a trained model at every generation length of its protocol: accuracy (pass@k when sampling), "
         "generations.jsonl, summary.json",
-        "EXPERIMENT [--ckpt P] [--data F] [--out D] [--protocol P] [--checkpoint RULE] [key=value ...]",
         "eval.protocol=papers is the releases' (lengths, steps, prompts, subset, lm-eval for GSM8K / MATH /\n"
         "code), experiment the experiment's own; both files record it (docs/evaluation.md).\n"
         "Example: python -m gdsd_lightning eval gdsd_llada_sudoku --data 4x4_test_sudoku.csv eval.lengths=[256]",
@@ -105,7 +102,7 @@ COMMANDS = {
     "report": Command(
         "gdsd_lightning.commands.report:report",
         "the papers' table (methods x tasks, per length and best) over eval summaries: markdown, CSV and a plot "
-        "beside the published figures", "[SUMMARY|DIR ...] [--out D]", "",
+        "beside the published figures", "",
         (opt("paths", nargs="*", default=["runs"], metavar="summaries",
              help="summary.json files or directories searched for them (default: runs)"),
          opt("--out", default="results/report", help="output directory (default: results/report)"))),
@@ -113,8 +110,6 @@ COMMANDS = {
         "gdsd_lightning.commands.compare:compare",
         "every RL method on one tiny task: one tuning rule (lr, then the KL anchor's beta), seeds at the chosen "
         "setting, table and plots",
-        "[--task T] [--seeds N] [--methods a,b] [--lrs x,y] [--betas x,y] [--mu shared|recipe] [--jobs N] "
-        "[--out D] [key=value ...]",
         "Finished runs with the same resolved config are reused. Writes <out>/<task>/compare.{csv,md},\n"
         "sweep.csv, runs.csv, curves.png, test_accuracy.png, sweep.png.",
         (opt("--task", default="sudoku", help="sudoku or countdown (default: sudoku)"),
@@ -132,20 +127,20 @@ COMMANDS = {
     "bench": Command(
         "gdsd_lightning.commands.bench:bench",
         "sampler throughput, loss-step time and memory; MFU with --device cuda",
-        "[--quick] [--device cpu|cuda] [--out D] [--peak-tflops F]", "",
+"",
         (opt("--quick", action="store_true", help="smaller settings, about a minute on 2 CPU cores"),
          opt("--device", default="cpu", choices=["cpu", "cuda"]),
          opt("--out", default="results/bench", help="output directory (default: results/bench)"),
-         opt("--peak-tflops", dest="peak", type=float, default=None,
+         opt("--peak-tflops", dest="peak", type=float, default=None, metavar="TFLOPS",
              help="the GPU's dense bf16 peak for MFU, if its name is not in bench.PEAK_TFLOPS"))),
     "make-data": Command(
         "gdsd_lightning.commands.data:make_data",
-        "regenerate the frozen sudoku / countdown splits (deterministic)", "[--out D]", "",
+        "regenerate the frozen sudoku / countdown splits (deterministic)", "",
         (opt("--out", default="data", help="output directory (default: data)"),)),
     "list": Command("gdsd_lightning.config:describe_experiments", "list the experiments with their descriptions"),
     "export": Command(
         "gdsd_lightning.commands.models:export",
-        "write a trained llada / dream model in the authors' published format", "MODEL OUT [--dtype bfloat16]", "",
+        "write a trained llada / dream model in the authors' published format", "",
         (opt("model", help="a saved model directory, e.g. runs/<experiment>/latest/final (LoRA adapters are merged "
                            "into the base weights)"),
          opt("out", help="output directory: the authors' config.json, safetensors shards under their tensor names, "
@@ -155,7 +150,7 @@ COMMANDS = {
     "toy-checkpoint": Command(
         "gdsd_lightning.commands.models:toy_checkpoint",
         "write a tiny random checkpoint in the published format of a real-model recipe's family and print its "
-        "directory (`make smoke-real` trains the recipe on it)", "EXPERIMENT [--out D]", "",
+        "directory (`make smoke-real` trains the recipe on it)", "",
         (EXPERIMENT, opt("--out", default="runs/toy_published", help="parent directory (default: "
                                                                      "runs/toy_published)"))),
 }
@@ -168,11 +163,12 @@ def parser() -> argparse.ArgumentParser:
                                   epilog="The fast test suite is `make test` (pytest); `make test-slow` the slow one.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        usage = f"python -m gdsd_lightning {name} {command.usage}".rstrip()
-        p = sub.add_parser(name, help=command.help, description=command.help, epilog=command.epilog, usage=usage,
+        p = sub.add_parser(name, help=command.help, description=command.help, epilog=command.epilog,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         for flags, settings in command.options:
             p.add_argument(*flags, **settings)
+        if command.overrides:   # parsed apart (parse_known_args): named in the usage line only
+            p.usage = p.format_usage().removeprefix("usage: ").rstrip() + " [key=value ...]"
     return top
 
 
