@@ -465,3 +465,17 @@ def test_lm_evals_own_command_line_runs_our_model(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"\|humaneval *\|", done.stdout) and re.search(r"\|tiny_arithmetic *\|", done.stdout)
     assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_model_args_are_parsed_once_into_a_sampler_config():
+    """lm-eval hands the model_args over as strings (or its own guesses of their types); they become one
+    SamplerConfig, over the releases' lm-eval defaults, and the Dream sampler decodes one block."""
+    from gdsd_lightning.commands.lm_eval_model import sampler_from_model_args
+    from gdsd_lightning.diffusion.sampler import SamplerConfig
+
+    block = sampler_from_model_args("block", {"gen_length": "64", "steps": "32", "fast_threshold": "",
+                                              "kv_cache": "prefix", "temperature": "0.5"})
+    assert block == SamplerConfig(kind="block", gen_length=64, steps=32, block_length=32, temperature=0.5,
+                                  kv_cache="prefix")
+    assert sampler_from_model_args("dream", {}) == SamplerConfig(kind="dream", gen_length=256, steps=128,
+                                                                 block_length=256)
