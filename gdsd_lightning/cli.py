@@ -75,7 +75,8 @@ EXPERIMENT = opt("experiment", help="an experiment in experiments/ (see `list`) 
 COMMANDS = {
     "train": Command(
         "gdsd_lightning.commands.train:train_with_base",
-        "train an experiment (SFT or RL); a missing base model is trained first", "Writes runs/<experiment>/<run>/: config.yaml, the loggers' files (trainer.logger=tensorboard,\n"
+        "train an experiment (SFT or RL); a missing base model is trained first",
+        "Writes runs/<experiment>/<run>/: config.yaml, the loggers' files (trainer.logger=tensorboard,\n"
         "csv, wandb), checkpoints/, final/ and summary.json. Resume with resume=<.../last.ckpt>.\n"
         "Example: python -m gdsd_lightning train gdsd_tiny_sudoku seed=1 trainer.logger=tensorboard,csv",
         (EXPERIMENT,), overrides=True),
@@ -122,7 +123,10 @@ COMMANDS = {
          opt("--mu", default="shared", choices=["shared", "recipe"],
              help="shared: mu = 1 for every method; recipe: each method's recipe mu, tuned at that mu"),
          opt("--jobs", type=int, default=1, help="runs trained side by side, one torch thread each (default: 1)"),
-         opt("--out", default="results", help="output directory (default: results)")),
+         opt("--out", default="results", help="output directory (default: results)"),
+         opt("--rollout-modes", type=names, help="comma-separated subset of exact,fast,fast+tis,fast+mis: every "
+                                                 "method at its exact-tuned setting in each mode, into "
+                                                 "<out>/<task>_rollout_modes")),
         overrides=True),
     "bench": Command(
         "gdsd_lightning.commands.bench:bench",
@@ -132,7 +136,10 @@ COMMANDS = {
          opt("--device", default="cpu", choices=["cpu", "cuda"]),
          opt("--out", default="results/bench", help="output directory (default: results/bench)"),
          opt("--peak-tflops", dest="peak", type=float, default=None, metavar="TFLOPS",
-             help="the GPU's dense bf16 peak for MFU, if its name is not in bench.PEAK_TFLOPS"))),
+             help="the GPU's dense bf16 peak for MFU, if its name is not in bench.PEAK_TFLOPS"),
+         opt("--modes", type=names, help="comma-separated sampler modes (bench.SAMPLER_MODES, e.g. "
+                                         "exact,kv_cache_prefix): run only the trained tiny bases' comparison of "
+                                         "them, written to <out>/trained_bases.{json,md}"))),
     "make-data": Command(
         "gdsd_lightning.commands.data:make_data",
         "regenerate the frozen sudoku / countdown splits (deterministic)", "",

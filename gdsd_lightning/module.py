@@ -20,10 +20,11 @@ from typing import ClassVar
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
+from gdsd_lightning.config import merge_checked
 from gdsd_lightning.diffusion.estimators import valid_completion_mask
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion.sampler import SamplerConfig
@@ -32,7 +33,8 @@ from gdsd_lightning.generation import encode_prompts, generate_and_score, sample
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.models.lora import frozen_reference
 from gdsd_lightning.objectives import OBJECTIVES
-from gdsd_lightning.objectives.base import RolloutBatch, group_advantages, importance_weights, zero_loss
+from gdsd_lightning.objectives.base import (RolloutBatch, device_batch_attention, group_advantages, importance_weights,
+                                           zero_loss)
 from gdsd_lightning.objectives.sft import masked_diffusion_loss
 from gdsd_lightning.tasks import Task
 
@@ -53,6 +55,8 @@ class RolloutConfig:
     importance_correction: str = "none"    # none | tis | mis: weight each row (token) by the exact-to-sampler
                                            # probability ratio (objectives/base.py, importance_weights)
     importance_cap: float = 2.0            # C of the correction: tis caps the ratio at C, mis zeroes above C
+    sampler: dict = field(default_factory=dict)   # fast-mode keys of `sampler` for the rollouts only (e.g.
+                                           # {kv_cache: true, fast_threshold: 0.9}: fast rollouts, exact evaluation)
     dropout: bool = False                  # sample in train mode, dropout active (the releases generate inside
                                            # their training step); False: eval mode
     decode: str = "first_eos"              # the text the reward reads: first_eos (cut at the first EOS) | all (all
@@ -61,9 +65,12 @@ class RolloutConfig:
     IMPORTANCE_CORRECTIONS: ClassVar[tuple[str, ...]] = ("none", "tis", "mis")
 
     def problems(self, cfg: DictConfig) -> list[str]:
-        """One sentence for each rollout.* setting that cannot run (with this sampler); the objective
-        adds what it needs of the rollout (Objective.config_problems)."""
-        problems = []
+        """One sentence for each rollout.* setting that cannot run (with the rollouts' sampler,
+        `rollout_sampler`); the objective adds what it needs of the rollout (Objective.config_problems)."""
+        foreign = foreign_rollout_sampler_keys(cfg)
+        problems, sampler = [foreign] if foreign else [], None if foreign else rollout_sampler(cfg)
+        if self.sampler and sampler is not None:
+            problems += [f"with rollout.sampler: {problem}" for problem in sampler.problems()]
         if self.passk < 1:
             problems.append(f"rollout.passk must be at least 1, got {self.passk}")
         if self.decode not in ("first_eos", "all", "special"):
@@ -79,10 +86,32 @@ class RolloutConfig:
         elif self.importance_correction != "none":
             if self.importance_cap <= 0:
                 problems.append(f"rollout.importance_cap must be positive, got {self.importance_cap}")
-            if not cfg.sampler.kv_cache:
-                problems.append("rollout.importance_correction needs sampler.kv_cache=true: without the cache every "
-                                "forward is exact and every weight would be 1")
+            if sampler is not None and not sampler.kv_cache:
+                problems.append("rollout.importance_correction needs sampler.kv_cache=true (or rollout.sampler.kv_cache): "
+                                "without the cache every forward is exact and every weight would be 1")
         return problems
+
+
+ROLLOUT_SAMPLER_KEYS = ("fast_threshold", "kv_cache", "kv_refresh_every")   # what rollout.sampler may set
+
+
+def foreign_rollout_sampler_keys(cfg: DictConfig) -> str | None:
+    """The sentence refusing rollout.sampler keys other than the fast-mode ones, or None."""
+    other = [key for key in cfg.rollout.sampler if key not in ROLLOUT_SAMPLER_KEYS]
+    return (f"rollout.sampler.{other[0]}: only the fast-mode keys {', '.join(ROLLOUT_SAMPLER_KEYS)} may differ "
+            "between rollouts and evaluation") if other else None
+
+
+def rollout_sampler(cfg: DictConfig) -> SamplerConfig:
+    """The sampler the rollouts draw with, whole: `sampler` with `rollout.sampler` merged over it (only
+    the fast-mode keys: what is sampled and scored stays the same shape as what is evaluated), at
+    `rollout.temperature`."""
+    foreign = foreign_rollout_sampler_keys(cfg)
+    if foreign:
+        raise UserError(foreign)
+    merged = merge_checked(OmegaConf.structured(SamplerConfig.of(cfg.sampler)), cfg.rollout.sampler,
+                           where="rollout.sampler", prefix="rollout.sampler.")
+    return OmegaConf.to_object(merged).at(temperature=cfg.rollout.temperature)
 
 
 @dataclass
@@ -239,7 +268,7 @@ class DiffusionRLModule(DiffusionModule):
         super().__init__(cfg, policy, task)
         self.automatic_optimization = False
         self.objective = OBJECTIVES[cfg.method.name](cfg.method, cfg.sampler.gen_length)
-        self.sampler = SamplerConfig.of(cfg.sampler).at(temperature=cfg.rollout.temperature)   # the rollouts'
+        self.rollout_sampler = rollout_sampler(cfg)   # `sampler` with the rollouts' fast-mode keys, temperature
         # The frozen roles the objective declares (Objective.roles), each the frozen initial model (with LoRA:
         # the policy with adapters off, no copy); outside the registered module tree: not trained, not checkpointed.
         self.roles: dict[str, DiffusionLM] = {role: frozen_reference(policy) for role in self.objective.roles
@@ -290,8 +319,8 @@ class DiffusionRLModule(DiffusionModule):
         get every intermediate state (N, steps, L). With `rollout.dropout` the policy samples in train
         mode (LoRA dropout active), as the releases generate inside their training step; else in eval mode.
 
-        Fast mode (`sampler.kv_cache` or `fast_threshold`) measures the mismatch to the exact sampler
-        (`measures_mismatch`); with `rollout.importance_correction` the batch carries its weights,
+        Fast mode (`sampler.kv_cache` or `fast_threshold`; for the rollouts alone `rollout.sampler`)
+        measures the mismatch to the exact sampler (`measures_mismatch`); with `rollout.importance_correction` the batch carries its weights,
         per row from the summed log-ratio or per token (`Objective.importance_level`).
         """
         group = self.cfg.rollout.num_generations
@@ -314,7 +343,7 @@ class DiffusionRLModule(DiffusionModule):
                                        dict(zip(self.task.extra_metric_names, kept["metrics"].unbind(1))),
                                        seconds, mismatch)
         if self.objective.cfg.attend_padding:   # the releases' scoring forwards take no attention mask
-            prompt_mask = torch.ones_like(prompt_mask)
+            prompt_mask = device_batch_attention(prompt_mask, self.objective.cfg.padding_rows)
         batch = RolloutBatch(prompt_ids, prompt_mask, kept["completions"], valid, kept["rewards"], advantages,
                              seed, group, correct=kept["correct"])
         if self.objective.record_states:
@@ -332,7 +361,7 @@ class DiffusionRLModule(DiffusionModule):
         """Whether this rollout compares the fast sampler with the exact one: in fast mode, every
         rollout with an importance correction, else every `rollout.mismatch_every`-th (0: none)."""
         r = self.cfg.rollout
-        return self.sampler.fast and (r.importance_correction != "none" or (r.mismatch_every > 0
+        return self.rollout_sampler.fast and (r.importance_correction != "none" or (r.mismatch_every > 0
                                                               and self.rollouts_done % r.mismatch_every == 0))
 
     def attempts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
@@ -355,7 +384,7 @@ class DiffusionRLModule(DiffusionModule):
         """One sampling pass over `rows`: completions, texts, rewards, correctness, entropy and,
         for objectives that want them, the intermediate states (rows, steps, L) and their blocks; when
         measured, each token's log-ratio to the exact sampler and whether it reranked (rows, L)."""
-        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.sampler, generator,
+        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.rollout_sampler, generator,
                      record_states=self.objective.record_states, measure_mismatch=self.measures_mismatch())
         texts = self.policy.decode(out.completions, self.cfg.rollout.decode)
         records = score(self.task, texts, [examples[i] for i in rows.tolist()])

@@ -22,7 +22,7 @@ def test_diffu_grpo_clips_on_both_signs_and_adds_k3():
     # A=+1, ratio 2: min(2, 1.5) = 1.5 (clipped); A=+1, ratio 1: 1; A=-1, ratio 2: min(-2, -1.5) = -2
     loss, metrics = diffu_grpo_loss(logp, old, adv, valid, eps=0.5)
     assert loss.item() == pytest.approx(-(1.5 + 1 - 2) / 3)
-    assert metrics["clip_fraction"].item() == pytest.approx(1 / 3)
+    assert metrics["clip_binding_fraction"].item() == pytest.approx(1 / 3)
     loss.backward()
     # clipped token: no gradient; unclipped: d/dlogp of -A ratio / 3 = -A ratio / 3; invalid: none
     assert torch.allclose(logp.grad, torch.tensor([[0.0, -1 / 3], [2 / 3, 0.0]]))
@@ -75,9 +75,65 @@ def test_espo_clips_the_sequence_ratio_on_both_signs():
     # min(2, 1.2) = 1.2 (clipped); min(-0.5, -0.8) = -0.8 (clipped); 0.5 unclipped
     loss, metrics = espo_loss(elbo, old, adv, eps=0.2, length=length)
     assert loss.item() == pytest.approx(-(1.2 - 0.8 + 0.5) / 3)
-    assert metrics["clip_fraction"].item() == pytest.approx(2 / 3)
+    assert metrics["clip_binding_fraction"].item() == pytest.approx(2 / 3)
     loss.backward()
     assert torch.allclose(elbo.grad, torch.tensor([0.0, 0.0, -0.5 / (length * 3)]))
     ref = elbo.detach() - torch.tensor([2.0, 0.0, 0.0])
     with_kl, _ = espo_loss(elbo, old, adv, eps=0.2, length=length, elbo_ref=ref, beta=0.3)
     assert with_kl.item() == pytest.approx(-0.3 + 0.3 * 0.5 * 4 / (3 * length))
+
+
+def test_d1_mask_seeds_follow_the_release_micro_step_count_unless_fresh(tiny_llada):
+    """d1 / wd1 draw mask_seeds[_step % mu], _step counting micro-steps: with accumulation 2 and mu 4,
+    micro-step _step = 2 i + m at inner iteration i of micro-batch m, so micro-batch 0 draws masks
+    0, 2, 0, 2 and micro-batch 1 masks 1, 3, 1, 3 (each of mu/2 = 2 masks twice)."""
+    from gdsd_lightning.diffusion.estimators import completion_logprobs
+    from gdsd_lightning.diffusion.masking import full_completion_mask, generator_for
+    from gdsd_lightning.objectives import OBJECTIVES
+    from gdsd_lightning.objectives.base import RolloutBatch
+    from gdsd_lightning.objectives.scores import mask_iteration
+
+    assert [mask_iteration(i, 0, 2, 4, "release") for i in range(4)] == [0, 2, 0, 2]
+    assert [mask_iteration(i, 1, 2, 4, "release") for i in range(4)] == [1, 3, 1, 3]
+    # d1's GSM8K layout (mu 12, accumulation 2): _step = 2 i + m, 6 masks each twice
+    assert [mask_iteration(i, 1, 2, 12, "release") for i in range(12)] == [1, 3, 5, 7, 9, 11] * 2
+    assert [mask_iteration(i, 1, 2, 4, "fresh") for i in range(4)] == [0, 1, 2, 3]
+
+    gen = torch.Generator().manual_seed(0)
+    ids, completions = torch.randint(10, 40, (4, 8), generator=gen), torch.randint(10, 40, (4, 4), generator=gen)
+    batch = RolloutBatch(ids, torch.ones_like(ids), completions, torch.ones_like(completions, dtype=torch.bool),
+                         torch.zeros(4), torch.zeros(4), seed=5, group_size=2)
+    for rule, expected in {"release": [[0, 2, 0, 2], [1, 3, 1, 3]], "fresh": [[0, 1, 2, 3]] * 2}.items():
+        cfg = OBJECTIVES["diffu_grpo"].Config(num_iterations=4, micro_batch_size=2, p_mask_prompt=0.5,
+                                              mask_seed_rule=rule)
+        for micro, masks in zip(batch.split(2), expected):
+            assert micro.num_micro == 2
+            for iteration, j in enumerate(masks):
+                prompt_masked, masked = full_completion_mask(2, 4, 8, 0.5, generator_for(micro.mask_seed(j, 0)))
+                want = completion_logprobs(tiny_llada, micro.prompt_ids, micro.prompt_mask, micro.completions, masked,
+                                           prompt_masked)
+                got = OBJECTIVES["diffu_grpo"](cfg, 4).score(tiny_llada, micro, iteration)
+                assert torch.equal(got, want), (rule, micro.micro, iteration)
+
+
+def test_spg_mask_seeds_follow_the_release_micro_step_count(tiny_llada):
+    """SPG draws mask_seeds[_step % mu] too (facebookresearch/SPG spg_trainer.py:101): in its sudoku
+    layout (per-device 3 x accumulation 4, mu 4) micro-step _step = 4 i + m, so micro-batch m draws
+    mask m at every inner iteration; `fresh` draws mask i."""
+    from gdsd_lightning.objectives import OBJECTIVES
+    from gdsd_lightning.objectives.base import RolloutBatch
+    from gdsd_lightning.objectives.scores import mask_iteration
+
+    assert [[mask_iteration(i, m, 4, 4, "release") for i in range(4)] for m in range(4)] == [[m] * 4 for m in range(4)]
+    gen = torch.Generator().manual_seed(1)
+    ids, completions = torch.randint(10, 40, (8, 6), generator=gen), torch.randint(10, 40, (8, 8), generator=gen)
+    batch = RolloutBatch(ids, torch.ones_like(ids), completions, torch.ones_like(completions, dtype=torch.bool),
+                         torch.zeros(8), torch.tensor([1.0, -1.0] * 4), seed=7, group_size=2)
+    losses = {}
+    for rule in ("release", "fresh"):
+        cfg = OBJECTIVES["spg"].Config(num_iterations=4, micro_batch_size=2, block_length=4, num_mc=2,
+                                       mask_seed_rule=rule)
+        micro = list(batch.split(2))[1]
+        losses[rule] = [OBJECTIVES["spg"](cfg, 8).loss(tiny_llada, micro, i)[0].item() for i in range(4)]
+    assert losses["release"] == [losses["fresh"][1]] * 4           # mask 1 at every iteration
+    assert len(set(losses["fresh"])) == 4

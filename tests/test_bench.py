@@ -54,6 +54,27 @@ def test_mfu_section_reports_time_rates_and_mfu_against_the_peak():
     assert result["sampler"]["tokens_per_s"] == pytest.approx(16 / result["sampler"]["seconds"], rel=2e-3)
 
 
+def test_bench_modes_refuses_an_unknown_mode_in_one_sentence(tmp_path):
+    from gdsd_lightning.commands.bench import bench
+    from gdsd_lightning.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--modes: unknown sampler mode\(s\) 'prefix'; known: exact, "):
+        bench(out=str(tmp_path), modes=["exact", "prefix"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_trained_bases_table_has_a_row_per_mode_asked_for():
+    from gdsd_lightning.commands.bench import trained_bases_table
+
+    result = {"naive": {"accuracy": 0.5, "seconds": 2.0},
+              "exact": {"accuracy": 0.5, "seconds": 1.0, "speedup_over_naive": 2.0, "accuracy_delta_points": 0.0},
+              "kv_cache_prefix": {"accuracy": 0.25, "seconds": 0.5, "speedup_over_naive": 4.0,
+                                  "accuracy_delta_points": -25.0}}
+    assert trained_bases_table({"sudoku": result, "countdown": None}, ["exact", "kv_cache_prefix"])[2:] == [
+        "| mode | sudoku | countdown |", "|---|---|---|", "| naive | 0.5 in 2.0 s | n/a |",
+        "| exact | 0.5 in 1.0 s: 2.0x, +0.0 pts | n/a |", "| kv_cache_prefix | 0.25 in 0.5 s: 4.0x, -25.0 pts | n/a |"]
+
+
 @pytest.mark.slow
 def test_bench_quick_writes_its_summary_and_table(tmp_path):
     """The command as users run it; the trained bases' section only where `make train` has made them."""

@@ -69,6 +69,39 @@ def test_gdsd_tlc_scores_with_the_coupled_elbo_and_centring_is_a_no_op(tiny_llad
     assert torch.allclose(score, expected, atol=1e-4)
 
 
+def test_attend_padding_attends_each_device_batchs_own_padding_by_hand():
+    from gdsd_lightning.objectives.base import device_batch_attention
+
+    lengths = [2, 3, 1, 4, 2, 2]                      # real prompt tokens, left-padded to P = 5
+    mask = torch.tensor([[0] * (5 - n) + [1] * n for n in lengths])
+    # device batches of 2 rows: longest prompts 3, 4, 2, so their columns start at 2, 1, 3
+    assert device_batch_attention(mask, 2).tolist() == [[0, 0, 1, 1, 1]] * 2 + [[0, 1, 1, 1, 1]] * 2 + [[0, 0, 0, 1, 1]] * 2
+    # of 4 rows (the last batch 2 rows): longest 4 and 2; 0: one batch of all six rows, longest 4
+    assert device_batch_attention(mask, 4).tolist() == [[0, 1, 1, 1, 1]] * 4 + [[0, 0, 0, 1, 1]] * 2
+    assert device_batch_attention(mask, 0).tolist() == [[0, 1, 1, 1, 1]] * 6
+
+
+@pytest.mark.parametrize("family", ["tiny_llada", "tiny_dream"])
+def test_attend_padding_scores_a_device_batch_as_the_release_cut_to_its_own_width(family, request):
+    """The release's device batch is tokenised on its own (left-padded to its longest prompt) and
+    scored with no attention mask; ours sits in the rank's wider batch."""
+    from gdsd_lightning.diffusion.estimators import completion_logprobs
+    from gdsd_lightning.objectives.base import device_batch_attention
+
+    model = request.getfixturevalue(family)
+    gen = torch.Generator().manual_seed(0)
+    lengths = [2, 4, 6, 3]
+    ids = torch.randint(10, 40, (4, 6), generator=gen)
+    mask = torch.tensor([[0] * (6 - n) + [1] * n for n in lengths])
+    ids = torch.where(mask.bool(), ids, model.pad_id)
+    completions, masked = torch.randint(10, 40, (4, 5), generator=gen), torch.rand(4, 5, generator=gen) < 0.5
+    ours = completion_logprobs(model, ids, device_batch_attention(mask, 2), completions, masked)
+    first = completion_logprobs(model, ids[:2, 2:], torch.ones(2, 4, dtype=torch.long), completions[:2], masked[:2])
+    assert torch.allclose(ours[:2], first, atol=1e-5)       # rows 0-1: their batch is 4 wide
+    whole = completion_logprobs(model, ids, torch.ones_like(mask), completions, masked)
+    assert not torch.allclose(whole[:2], first, atol=1e-3)  # the rank's padding (6 wide) is not the release's
+
+
 @pytest.mark.parametrize("attend", [False, True])
 def test_attend_padding_scores_with_the_prompt_padding_attended_as_the_release(attend):
     from gdsd_lightning.experiment import load_experiment
@@ -82,5 +115,6 @@ def test_attend_padding_scores_with_the_prompt_padding_attended_as_the_release(a
     short, long = {"input": "6,5,78", "output": "79"}, {"input": "74,67,74,11", "output": "92"}
     batch = module.rollout([short, long])
     assert (batch.prompt_ids[:2] == module.policy.pad_id).any()      # the short prompt is left-padded
-    # the GDSD and d1 releases' scoring forwards take no attention mask: the padding is attended
+    # the GDSD releases' scoring forwards take no attention mask: the padding is attended (here the
+    # rank's rollout is one device batch, whose longest prompt fills the width)
     assert batch.prompt_mask.bool().all().item() is attend

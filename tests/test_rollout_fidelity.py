@@ -71,3 +71,25 @@ def test_sampling_in_train_mode_keeps_the_kv_cache_under_gradient_checkpointing(
         assert tiny_llada.training
         sampled = block_sample(tiny_llada, ids, mask, 8, 4, 4, kv_cache="prefix").completions
     assert torch.equal(sampled, exact) and tiny_llada.training and tiny_llada.transformer.is_gradient_checkpointing
+
+
+def test_dopsd_sudoku_gate_reads_an_answer_that_an_end_token_closes_as_the_release(tiny_llada):
+    """d-OPSD decodes with skip_special_tokens=False (d_opsd_trainer.py:441, 495) and its sudoku
+    patterns close an answer on LLaDA's end tokens (d-opsd/utils.py:353-359): "<answer>\\n31422431<|eot_id|>"
+    reads 3142243100000000, which fills the 4 empty cells among the first 8 and none of the other 4:
+    0.5. With the special tokens dropped no pattern matches: 0."""
+    import torch
+
+    from gdsd_lightning.tasks import get_task
+
+    cfg = load_experiment("dopsd_llada_sudoku")
+    assert (cfg.rollout.decode, cfg.task.release) == ("special", "dopsd")
+    tokenizer = tiny_llada.tokenizer
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|eot_id|>", "<|endoftext|>"]})
+    eot, end = tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|endoftext|>"])
+    ids = torch.tensor([tokenizer("<answer>\n31422431", add_special_tokens=False)["input_ids"] + [eot, end, end]])
+    solution, empty = "3142243142131324", {0, 2, 5, 7, 9, 11, 12, 14}
+    example = {"Solution": solution, "Puzzle": "".join("0" if i in empty else d for i, d in enumerate(solution))}
+    task = get_task("sudoku", "chat", "dopsd")
+    rewards = {mode: task.reward(tiny_llada.decode(ids, mode)[0], example) for mode in ("special", "all")}
+    assert rewards == {"special": 0.5, "all": 0.0}

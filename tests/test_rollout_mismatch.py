@@ -13,6 +13,7 @@ from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion.sampler import block_sample, step_mismatch
 from gdsd_lightning.errors import UserError
+from gdsd_lightning.module import rollout_sampler
 from gdsd_lightning.objectives.base import importance_weights
 from gdsd_lightning.objectives.diffu_grpo import diffu_grpo_loss
 from gdsd_lightning.objectives.espo import espo_loss
@@ -107,6 +108,8 @@ def test_the_objectives_weight_their_rollout_terms_by_hand():
     (["rollout.importance_correction=mis", "sampler.kv_cache=true", "rollout.importance_cap=0"],
      "importance_cap must be positive"),
     (["rollout.mismatch_every=-1"], "mismatch_every must be 0"),
+    (["rollout.sampler.steps=4"], "rollout.sampler.steps: only the fast-mode keys"),
+    (["rollout.sampler.fast_threshold=1.5"], "with rollout.sampler: sampler.fast_threshold must be in"),
 ])
 def test_bad_importance_settings_are_refused_in_one_sentence(overrides, phrase):
     with pytest.raises(UserError, match=phrase):
@@ -120,9 +123,22 @@ def test_the_correction_is_refused_where_it_has_no_meaning():
         load_experiment(f"{method}_tiny_sudoku", ["rollout.importance_correction=tis", "sampler.kv_cache=true"])
 
 
-def test_a_cached_run_with_tis_logs_its_mismatch_and_weights(tmp_path, varied_reward):
+def test_rollout_sampler_sets_fast_mode_for_the_rollouts_only():
+    cfg = load_experiment("gdsd_tiny_sudoku", ["rollout.sampler.kv_cache=true", "rollout.sampler.fast_threshold=0.9"])
+    fast = rollout_sampler(cfg)
+    assert (fast.kv_cache, fast.fast_threshold) == (True, 0.9)
+    assert (cfg.sampler.kv_cache, cfg.sampler.fast_threshold) == (False, None)     # evaluation stays exact
+    assert {k: v for k, v in vars(fast).items() if k not in ("kv_cache", "fast_threshold", "temperature")} == \
+        {k: v for k, v in cfg.sampler.items() if k not in ("kv_cache", "fast_threshold", "temperature")}
+    assert fast.temperature == cfg.rollout.temperature                # the rollouts' own temperature
+    with pytest.raises(UserError, match="sampler.kv_cache cannot be used with dopsd"):
+        load_experiment("dopsd_tiny_sudoku", ["rollout.sampler.kv_cache=true"])
+
+
+@pytest.mark.parametrize("cache_key", ["sampler.kv_cache", "rollout.sampler.kv_cache"])
+def test_a_cached_run_with_tis_logs_its_mismatch_and_weights(tmp_path, varied_reward, cache_key):
     cfg = load_experiment("gdsd_tiny_sudoku", rl_overrides(tmp_path, 2, run_name="tis", **{
-        "sampler.kv_cache": "true", "rollout.importance_correction": "tis", "trainer.logger": "csv"}))
+        cache_key: "true", "rollout.importance_correction": "tis", "trainer.logger": "csv"}))
     run_dir = train(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["rollout"] for r in summary["rollout_curve"]] == [1] and summary["rollout_seconds"] >= 0

@@ -184,6 +184,22 @@ def test_compare_tunes_lr_then_beta_writes_the_tables_and_plots_and_reuses_finis
     assert [(int(r["steps"]), int(r["rollouts"])) for r in recipe] == [(16, 2), (8, 2)]   # mu = 8 and 4 per rollout
     assert "each recipe's mu (gdsd 8, dopsd 4)" in (tmp_path / "results" / "sudoku_recipe_mu" / "compare.md").read_text()
 
+    # rollout modes: the setting tuned with exact rollouts (the sweep's run, reused), then fast rollouts
+    # with the correction; the fast run measures its mismatch, the exact one has none
+    main(["compare", "--task", "sudoku", "--seeds", "1", "--methods", "gdsd", "--lrs", "1e-3", "--betas", "0",
+          "--rollout-modes", "exact,fast+tis", "--out", str(tmp_path / "results"), *rl_overrides(tmp_path, 2)])
+    modes = list(csv.DictReader(open(tmp_path / "results" / "sudoku_rollout_modes" / "compare.csv")))
+    assert [(r["method"], r["rollout_mode"]) for r in modes] == [("gdsd", "exact"), ("gdsd", "fast+tis")]
+    assert modes[0]["mismatch_mean_abs_log_ratio"] == "" and float(modes[1]["mismatch_mean_abs_log_ratio"]) > 0
+    assert all(float(r["rollout_seconds_mean"]) > 0 and r["final_solve_rate_std"] != "" for r in modes)
+    assert modes[1]["seconds_per_unmeasured_rollout"] == ""          # tis measures every rollout
+    assert len(list((tmp_path / "runs" / "gdsd_tiny_sudoku").glob("*_fast_tis_seed0"))) == 1
+    assert (tmp_path / "results" / "sudoku_rollout_modes" / "modes.png").stat().st_size > 0
+    capfd.readouterr()
+    with pytest.raises(SystemExit):
+        main(["compare", "--methods", "gdsd", "--rollout-modes", "turbo", *rl_overrides(tmp_path, 2)])
+    assert "--rollout-modes: unknown mode 'turbo'; choose from exact, fast, fast+tis, fast+mis" in capfd.readouterr().err
+
 
 def test_the_warm_up_starts_from_a_zero_learning_rate_as_the_releases_schedules_do(tmp_path):
     from gdsd_lightning.module import DiffusionRLModule

@@ -1,4 +1,4 @@
-"""`python -m gdsd_lightning bench [--quick] [--device cpu|cuda] [--out results/bench] [--peak-tflops F]`.
+"""`python -m gdsd_lightning bench [--quick] [--device cpu|cuda] [--out results/bench] [--peak-tflops F] [--modes M,...]`.
 
     sampler    our exact block sampler against a naive reference loop with the published LLaDA
                structure (full-sequence logits at every step, a full-vocabulary softmax over every
@@ -21,7 +21,9 @@
                dense bf16 peak (PEAK_TFLOPS by device name, or --peak-tflops). Model FLOPs are
                counted analytically (`forward_flops`), so recomputation does not count.
 
-Writes <out>/summary.json and <out>/bench.md. Peak memory on CPU is the growth of the process's
+Writes <out>/summary.json and <out>/bench.md. `--modes exact,kv_cache_prefix` (names of SAMPLER_MODES)
+runs only the trained-bases comparison, for the naive loop, the exact schedule and those modes, and
+writes <out>/trained_bases.json and <out>/trained_bases.md instead. Peak memory on CPU is the growth of the process's
 resident-set high-water mark, measured in a fresh process per measurement; on CUDA it is
 torch.cuda.max_memory_allocated.
 """
@@ -158,10 +160,12 @@ def bench_sampler(case: dict, device: str, repeats: int) -> dict:
             "fast_tokens_per_s": round(tokens / fast_s, 1), "fast_speedup": round(naive_s / fast_s, 2)}
 
 
-def bench_trained_base(task_name: str, base: str, device: str, limit: int | None, repeats: int) -> dict | None:
+def bench_trained_base(task_name: str, base: str, device: str, limit: int | None, repeats: int,
+                       modes: list[str] | None = None) -> dict | None:
     """Greedy test accuracy and sampling time of a trained tiny base on the same prompts: the naive
-    loop, the exact schedule and the fast-mode variants (a trained model is needed for the
-    threshold to fire; random weights are never that confident)."""
+    loop, the exact schedule and the fast-mode variants (`modes`, default all of SAMPLER_MODES; the
+    exact schedule always runs, the reference of the accuracy change). A trained model is needed for
+    the threshold to fire; random weights are never that confident."""
     from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.data import load_split
     from gdsd_lightning.generation import encode_prompts, score
@@ -178,16 +182,17 @@ def bench_trained_base(task_name: str, base: str, device: str, limit: int | None
     examples = load_split(task, cfg.task, "test")[0][:limit]
     ids, mask = (t.to(device) for t in encode_prompts(policy, task, examples, cfg.task)[1:])
     args = (cfg.sampler.gen_length, cfg.sampler.block_length, cfg.sampler.steps)
+    modes = ["exact", *(m for m in modes or SAMPLER_MODES if m != "exact")]
     runs = {"naive": lambda: naive_block_sample(policy, ids, mask, *args)}
-    for mode, options in SAMPLER_MODES.items():
-        runs[mode] = lambda options=options: block_sample(policy, ids, mask, *args, **options).completions
+    for mode in modes:
+        runs[mode] = lambda options=SAMPLER_MODES[mode]: block_sample(policy, ids, mask, *args, **options).completions
     result = {}
     for mode, run in runs.items():
         seconds, completions = timed(run, repeats)
         records = score(task, policy.decode(completions), examples)
         result[mode] = {"accuracy": round(sum(r["accuracy"] for r in records) / len(records), 4),
                         "seconds": round(seconds, 3)}
-    for mode in SAMPLER_MODES:
+    for mode in modes:
         result[mode]["speedup_over_naive"] = round(result["naive"]["seconds"] / result[mode]["seconds"], 2)
         result[mode]["accuracy_delta_points"] = round(100 * (result[mode]["accuracy"] - result["exact"]["accuracy"]), 2)
     return result
@@ -375,18 +380,12 @@ def bench_scale(device: str, peak: float | None, model_shape: dict, loss: dict, 
                         **rates(sampler_flops(config, sampler["batch"], sampler["prompt"], *args), sample_s)}}
 
 
-def markdown(summary: dict) -> str:
-    lines = ["# make bench", "", f"device: {summary['device']}; quick: {summary['quick']}", "",
-             "| sampler case | ours tokens/s | naive tokens/s | speed-up | greedy outputs identical "
-             f"| fast mode (threshold {FAST_THRESHOLD} + KV cache) tokens/s | fast speed-up |", "|---|---|---|---|---|---|---|"]
-    for name, r in summary["sampler"].items():
-        lines.append(f"| {name} | {r['ours_tokens_per_s']} | {r['naive_tokens_per_s']} | {r['speedup']}x "
-                     f"| {r['outputs_identical']} | {r['fast_tokens_per_s']} | {r['fast_speedup']}x |")
-    bases = summary["trained_bases"]
-    lines += ["", "Trained tiny bases, greedy on the test split: accuracy, time to sample it, speed-up over the naive "
-              "loop, accuracy change against the exact schedule (n/a: base not trained):", "",
-              "| mode | " + " | ".join(bases) + " |", "|---" * (len(bases) + 1) + "|"]
-    for mode in ["naive", *SAMPLER_MODES]:
+def trained_bases_table(bases: dict, modes: list[str]) -> list[str]:
+    """The markdown lines of the trained-bases comparison: per mode and base, accuracy and time."""
+    lines = ["Trained tiny bases, greedy on the test split: accuracy, time to sample it, speed-up over the naive "
+             "loop, accuracy change against the exact schedule (n/a: base not trained):", "",
+             "| mode | " + " | ".join(bases) + " |", "|---" * (len(bases) + 1) + "|"]
+    for mode in ["naive", *modes]:
         cells = []
         for r in bases.values():
             if r is None:
@@ -397,6 +396,17 @@ def markdown(summary: dict) -> str:
                 cells.append(f"{r[mode]['accuracy']} in {r[mode]['seconds']} s: {r[mode]['speedup_over_naive']}x, "
                              f"{r[mode]['accuracy_delta_points']:+} pts")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# make bench", "", f"device: {summary['device']}; quick: {summary['quick']}", "",
+             "| sampler case | ours tokens/s | naive tokens/s | speed-up | greedy outputs identical "
+             f"| fast mode (threshold {FAST_THRESHOLD} + KV cache) tokens/s | fast speed-up |", "|---|---|---|---|---|---|---|"]
+    for name, r in summary["sampler"].items():
+        lines.append(f"| {name} | {r['ours_tokens_per_s']} | {r['naive_tokens_per_s']} | {r['speedup']}x "
+                     f"| {r['outputs_identical']} | {r['fast_tokens_per_s']} | {r['fast_speedup']}x |")
+    lines += ["", *trained_bases_table(summary["trained_bases"], list(SAMPLER_MODES))]
     lines += ["", f"Loss step per objective, {LOSS_BATCH['rows']} rows (peak: growth in one fresh process):", "",
               "| objective | loss step (ms) | peak memory (MiB) |", "|---|---|---|"]
     lines += [f"| {m} | {r['loss_step_ms']} | {r['peak_mib']} |" for m, r in summary["loss_step"].items()]
@@ -422,11 +432,42 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench", peak: float | None = None) -> dict:
+def trained_bases(device: str, quick: bool, repeats: int, modes: list[str] | None = None) -> dict:
+    """`bench_trained_base` on the tiny sudoku and countdown bases (64 test prompts with --quick)."""
+    return {task: bench_trained_base(task, f"tiny_{task}_sft", device, 64 if quick else None, repeats, modes)
+            for task in ("sudoku", "countdown")}
+
+
+def bench_modes(modes: list[str], device: str, quick: bool, out: str) -> dict:
+    """`bench --modes`: only the trained-bases comparison of `modes`, to <out>/trained_bases.{json,md}."""
+    from gdsd_lightning.errors import UserError
+
+    unknown = [m for m in modes if m not in SAMPLER_MODES]
+    if unknown:
+        raise UserError(f"--modes: unknown sampler mode(s) {', '.join(map(repr, unknown))}; "
+                        f"known: {', '.join(SAMPLER_MODES)}")
+    ordered = [m for m in SAMPLER_MODES if m == "exact" or m in modes]
+    print(f"[bench] naive, {', '.join(ordered)} sampling of the trained tiny bases", flush=True)
+    bases = trained_bases(device, quick, 1 if quick else 3, ordered)
+    summary = {"device": device, "quick": quick, "trained_bases": bases}
+    table = "\n".join([f"# make bench ARGS=\"--modes {','.join(modes)}\"", "", f"device: {device}; quick: {quick}", "",
+                       *trained_bases_table(bases, ordered)]) + "\n"
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "trained_bases.json", summary)
+    (out_dir / "trained_bases.md").write_text(table)
+    print(table, flush=True)
+    return summary
+
+
+def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench", peak: float | None = None,
+          modes: list[str] | None = None) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         from gdsd_lightning.errors import UserError
 
         raise UserError("--device cuda asked for, but torch sees no CUDA device")
+    if modes:
+        return bench_modes(modes, device, quick, out)
     repeats = 1 if quick else 3
     cases = {name: {**case, **(QUICK[name] if quick else {})} for name, case in SAMPLER_CASES.items()}
     sampler = {}
@@ -436,8 +477,7 @@ def bench(quick: bool = False, device: str = "cpu", out: str = "results/bench", 
     print("[bench] loss step per objective", flush=True)
     losses = bench_losses(device, repeats)
     print("[bench] naive, exact and fast sampling of the trained tiny bases", flush=True)
-    trained = {task: bench_trained_base(task, f"tiny_{task}_sft", device, 64 if quick else None, repeats)
-               for task in ("sudoku", "countdown")}
+    trained = trained_bases(device, quick, repeats)
     measured = [r for r in trained.values() if r is not None]
     print(f"[bench] loss-pass peak memory at V = {LARGE_VOCAB}", flush=True)
     memory = {"ours": measure_memory("ours", device), "full_vocabulary": measure_memory("full", device)}

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from gdsd_lightning.commands.bench import FAST_THRESHOLD
 from gdsd_lightning.config import list_experiments
 from gdsd_lightning.experiment import load_experiment, load_run_config
 from gdsd_lightning.errors import TrainingStopped, UserError
@@ -55,6 +56,13 @@ SWEEP_BETAS = (0.0, 0.05, 0.5)             # the default --betas: the KL-anchor 
 COLLAPSE_FRACTION = 0.5                    # collapsed: final val headline < this x its start
 TARGET_GAIN = 0.10                         # rollouts_to_target: first val headline >= start + this
 SMOOTHING = 25                             # rollouts in the moving average of the reward plot
+FAST_ROLLOUTS = ["rollout.sampler.kv_cache=true", f"rollout.sampler.fast_threshold={FAST_THRESHOLD}"]
+ROLLOUT_MODES = {                          # --rollout-modes: how the rollouts are drawn (evaluation stays exact)
+    "exact": [],
+    "fast": [*FAST_ROLLOUTS, "rollout.mismatch_every=10"],          # mismatch measured on every 10th rollout
+    "fast+tis": [*FAST_ROLLOUTS, "rollout.importance_correction=tis"],
+    "fast+mis": [*FAST_ROLLOUTS, "rollout.importance_correction=mis"],
+}
 NOTES = """Columns: `final_*` = test metrics (greedy) of the final model, `best_*` = of the best-by-val checkpoint,
 mean and std over seeds; `base_*` = the SFT base on the same test split; `rollouts_to_target` = rollouts until the val
 {headline} first reached the base's val {headline} + {gain} (mean over the `reached_target` seeds that did);
@@ -85,6 +93,19 @@ class RunResult:
     rollout_curves: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
     # tag -> (rollouts, seconds since training began, value) per rollout: reward_mean, entropy
     stopped: str | None = None             # why a guard ended the run before max_steps
+    rollout_mode: str = "exact"            # ROLLOUT_MODES
+    rollout_records: list[dict] = field(default_factory=list)   # summary.json's rollout_curve: seconds, mismatch
+
+    @property
+    def rollout_seconds(self) -> float | None:
+        """Sampling seconds of the whole run (None: a run from before they were recorded)."""
+        return sum(r["seconds"] for r in self.rollout_records) if self.rollout_records else None
+
+    def unmeasured_rollout_seconds(self) -> float | None:
+        """Mean seconds of the rollouts drawn without the mismatch measurement (what the sampler
+        alone costs); None when every rollout was measured or none was recorded."""
+        plain = [r["seconds"] for r in self.rollout_records if "mean_abs_log_ratio" not in r]
+        return statistics.fmean(plain) if plain else None
 
     @property
     def setting(self) -> str:
@@ -187,20 +208,22 @@ def rollout_curves(run_dir: Path, fit_started: float) -> dict[str, list[tuple[in
             for tag in ("reward_mean", "entropy") if f"rollout/{tag}" in tags}
 
 
-def run_one(method: str, experiment: str, lr: float, beta: float | None, seed: int, overrides: list[str]) -> RunResult:
+def run_one(method: str, experiment: str, lr: float, beta: float | None, seed: int, overrides: list[str],
+            rollout_mode: str = "exact") -> RunResult:
     """Train or reuse one run and test it. "Best" is the best-by-val model: the base itself when
     no evaluation during training beat step 0, else checkpoints/best.ckpt."""
     from gdsd_lightning.commands.train import train_with_base
 
     anchor = [] if beta is None else [f"method.beta={beta}"]
-    run_overrides = [*overrides, f"optim.lr={lr}", *anchor, f"seed={seed}"]
+    run_overrides = [*overrides, *ROLLOUT_MODES[rollout_mode], f"optim.lr={lr}", *anchor, f"seed={seed}"]
     cfg = load_experiment(experiment, run_overrides)
     run_dir = finished_run(cfg)
-    what = f"{experiment} lr {lr:g}{'' if beta is None else f' beta {beta:g}'} seed {seed}"
+    what = f"{experiment} lr {lr:g}{'' if beta is None else f' beta {beta:g}'} seed {seed} ({rollout_mode} rollouts)"
     if run_dir is None:
         print(f"[compare] training {what}", flush=True)
         mu = cfg.method.num_iterations
-        name = f"lr{lr:g}{'' if beta is None else f'_beta{beta:g}'}{'' if mu == 1 else f'_mu{mu}'}_seed{seed}"
+        mode = "" if rollout_mode == "exact" else "_" + rollout_mode.replace("+", "_")
+        name = f"lr{lr:g}{'' if beta is None else f'_beta{beta:g}'}{'' if mu == 1 else f'_mu{mu}'}{mode}_seed{seed}"
         try:
             run_dir = train_with_base(experiment, [*run_overrides, f"run_name={name}"])
         except TrainingStopped as stopped:
@@ -218,7 +241,8 @@ def run_one(method: str, experiment: str, lr: float, beta: float | None, seed: i
         best = test_metrics(cfg, best_ckpt, run_dir / "test" / "best") if best_ckpt.is_file() else final
     return RunResult(method, lr, beta, seed, run_dir, summary["steps"], summary["rollouts"], summary["wall_time_s"],
                      final, best, summary["best_step"], summary["val_curve"],
-                     rollout_curves(run_dir, summary["fit_started"]), summary.get("stopped"))
+                     rollout_curves(run_dir, summary["fit_started"]), summary.get("stopped"), rollout_mode,
+                     summary.get("rollout_curve", []))
 
 
 def base_model(experiment: str, overrides: list[str]) -> tuple[DictConfig, Path | None] | None:
@@ -462,8 +486,7 @@ def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    _, experiment, *_, overrides = runs[0]
-    base = base_model(experiment, overrides)
+    base = base_model(runs[0][1], runs[0][5])
     first = [run_one(*runs[0])] if base is not None and base[1] is None else []
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
         return [*first, *pool.map(run_one, *zip(*runs[len(first):]))]
@@ -471,27 +494,35 @@ def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
 
 def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = "results",
             overrides: list[str] | None = None, lrs: list[float] | None = None, mu: str = "shared",
-            jobs: int = 1, betas: list[float] | None = None) -> Path:
+            jobs: int = 1, betas: list[float] | None = None, rollout_modes: list[str] | None = None) -> Path:
     """Tune, train (or reuse) and evaluate every method x seed (`jobs` runs at a time); write the
-    tables and plots; returns the output dir."""
+    tables and plots; returns the output dir. With `rollout_modes`, every method x mode x seed at
+    the setting tuned with exact rollouts instead (`compare_rollout_modes`)."""
     user_overrides = list(overrides or [])
     lrs, betas = sorted(lrs or SWEEP_LRS), sorted(betas or SWEEP_BETAS)
     command = " ".join(["python -m gdsd_lightning compare", f"--task {task} --seeds {seeds}",
                         *([f"--mu {mu}"] if mu == "recipe" else []), f"--lrs {','.join(f'{lr:g}' for lr in lrs)}",
                         f"--betas {','.join(f'{b:g}' for b in betas)}", *([f"--jobs {jobs}"] if jobs > 1 else []),
-                        *user_overrides])
+                        *([f"--methods {','.join(methods)}"] if methods else []),
+                        *([f"--rollout-modes {','.join(rollout_modes)}"] if rollout_modes else []), *user_overrides])
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     if mu not in ("shared", "recipe"):
         raise UserError(f"--mu must be 'shared' (mu = 1 for every method) or 'recipe', got {mu!r}")
+    unknown_modes = [m for m in rollout_modes or [] if m not in ROLLOUT_MODES]
+    if unknown_modes:
+        raise UserError(f"--rollout-modes: unknown mode {unknown_modes[0]!r}; choose from {', '.join(ROLLOUT_MODES)}")
     shared = [SHARED_SCHEDULE, *user_overrides]
     experiments = experiments_for(task, methods)
     overrides = {m: [*shared, *(recipe_mu_overrides(e, shared) if mu == "recipe" else [])] for m, e in experiments.items()}
     metric = headline_metric(task)
     started = time.time()
     sweep, chosen, reasons = tune(experiments, lrs, betas, overrides, metric, jobs)
+    if rollout_modes:
+        return compare_rollout_modes(task, seeds, experiments, chosen, overrides, rollout_modes, jobs,
+                                     Path(out) / f"{task}_rollout_modes", command, started)
     more = run_all([(m, e, chosen[m].lr, chosen[m].beta, s, overrides[m]) for m, e in experiments.items()
                     for s in range(1, seeds)], jobs)
     results = [r for m in experiments for r in [chosen[m], *(r for r in more if r.method == m)]]
@@ -537,6 +568,87 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
           flush=True)
     print(markdown_table(table, glance), flush=True)
     return out_dir
+
+
+def compare_rollout_modes(task: str, seeds: int, experiments: dict[str, str], chosen: dict[str, RunResult],
+                          overrides: dict[str, list[str]], modes: list[str], jobs: int, out_dir: Path, command: str,
+                          started: float) -> Path:
+    """Every method at its chosen setting (tuned with exact rollouts), each rollout mode, `seeds`
+    seeds; evaluation is exact in every mode (`rollout.sampler` changes the rollouts only).
+    -> out_dir/compare.csv (one row per method and mode), runs.csv, compare.md, modes.png"""
+    metric = headline_metric(task)
+    results = run_all([(m, e, chosen[m].lr, chosen[m].beta, s, overrides[m], mode) for m, e in experiments.items()
+                       for mode in modes for s in range(seeds)], jobs)
+    base = base_metrics(next(iter(experiments.values())), overrides[next(iter(experiments))])
+    base_val = statistics.fmean(r.val(metric)[0] for r in results)
+    mean_of = lambda values: round(statistics.fmean(values), 4) if values else None
+    rows = []
+    for method in experiments:
+        for mode in modes:
+            runs = [r for r in results if r.method == method and r.rollout_mode == mode]
+            row = summarise(runs, metric, base, base_val)[0]
+            measured = [rec for r in runs for rec in r.rollout_records if "mean_abs_log_ratio" in rec]
+            rows.append({"method": method, "rollout_mode": mode, **{k: v for k, v in row.items() if k != "method"},
+                         "rollout_seconds_mean": mean_of([r.rollout_seconds for r in runs if r.rollout_seconds is not None]),
+                         "seconds_per_unmeasured_rollout": mean_of([x for x in map(RunResult.unmeasured_rollout_seconds, runs)
+                                                                    if x is not None]),
+                         **{f"mismatch_{key}": mean_of([rec[key] for rec in measured if key in rec])
+                            for key in ("mean_abs_log_ratio", "max_abs_log_ratio", "reranked_fraction", "weight_mean")}})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "compare.csv", rows)
+    write_csv(out_dir / "runs.csv", [{
+        "method": r.method, "rollout_mode": r.rollout_mode, "lr": r.lr, "beta": r.beta, "seed": r.seed,
+        "run_dir": str(r.run_dir), f"final_{metric}": r.final[metric], "rollout_seconds": r.rollout_seconds,
+        "wall_time_s": r.wall_time_s, "collapsed": r.collapsed(metric)} for r in results])
+    plot_rollout_modes(results, rows, metric, base, task, out_dir)
+    glance = ["method", "rollout_mode", "lr", "beta", "seeds", f"final_{metric}_mean", f"final_{metric}_std",
+              "base_solve_rate", "rollout_seconds_mean", "seconds_per_unmeasured_rollout", "seconds_to_target",
+              "reached_target", "collapsed", "mismatch_mean_abs_log_ratio", "mismatch_reranked_fraction",
+              "mismatch_weight_mean", "wall_time_s"]
+    modes_text = "\n".join(f"- `{mode}`: {' '.join(ROLLOUT_MODES[mode]) or 'the exact sampler'}" for mode in modes)
+    (out_dir / "compare.md").write_text(
+        f"# {task}: exact and fast rollouts\n\nEach method at the setting the tuning rule chose with exact rollouts "
+        f"(`{task}/compare.md`), {seeds} seed(s) per rollout mode; validation and test decode with the exact sampler in "
+        f"every mode. Modes:\n{modes_text}\n\nReproduce: `{command}` (this one took {time.time() - started:.0f} s "
+        f"including reused runs).\n\n{markdown_table(rows, glance)}\n\nAll columns: `compare.csv`; per run: `runs.csv`. "
+        "`rollout_seconds_mean`: sampling seconds per run (mismatch measurement included; `-` for runs from before they "
+        "were recorded); `seconds_per_unmeasured_rollout`: mean seconds of a rollout drawn without the measurement; "
+        "`mismatch_*`: means over the measured rollouts (docs/sampling.md).\n\n![modes](modes.png)\n")
+    print(f"[compare] wrote {out_dir}/compare.csv, compare.md, runs.csv, modes.png", flush=True)
+    print(markdown_table(rows, glance), flush=True)
+    return out_dir
+
+
+def plot_rollout_modes(results: list[RunResult], rows: list[dict], metric: str, base: dict | None, task: str,
+                       out_dir: Path) -> None:
+    """Test headline and sampling seconds per (method, mode), and the mismatch over training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{row['method']}\n{row['rollout_mode']}" for row in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    axes[0].bar(labels, [row[f"final_{metric}_mean"] for row in rows], yerr=[row[f"final_{metric}_std"] for row in rows],
+                capsize=3)
+    if base is not None:
+        axes[0].axhline(base[metric], color="black", linestyle="--", linewidth=1, label=f"SFT base ({base[metric]:.3f})")
+        axes[0].legend(fontsize=8)
+    axes[0].set(title=f"{task}: test {metric} (mean, std over seeds)", ylabel=metric)
+    axes[1].bar(labels, [row["rollout_seconds_mean"] or 0.0 for row in rows])
+    axes[1].set(title="sampling seconds per run", ylabel="seconds")
+    for r in results:
+        measured = [(rec["rollout"], rec["mean_abs_log_ratio"]) for rec in r.rollout_records if "mean_abs_log_ratio" in rec]
+        if measured:
+            axes[2].plot(*zip(*measured), marker=".", label=f"{r.method} {r.rollout_mode} seed {r.seed}")
+    axes[2].set(title="mismatch over training", xlabel="rollouts", ylabel="mean |log p_exact - log p_sampler|")
+    if axes[2].lines:
+        axes[2].legend(fontsize=6)
+    for ax in axes[:2]:
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "modes.png", dpi=110)
+    plt.close(fig)
 
 
 def rule_text(lrs: list[float], betas: list[float]) -> str:

@@ -9,7 +9,8 @@ reference (a KL anchor with beta > 0) under every iteration's masks, and `old_an
 
 A rollout batch is split into fixed micro-batches; masks are drawn from generators seeded by
 (rollout seed, iteration, Monte-Carlo index, micro-batch index), so `prepare` and `loss` see the
-same masks. `loss` returns a micro-batch mean; the module weights it by the micro-batch's share
+same masks (diffu-GRPO, wd1 and SPG put the mask index of `method.mask_seed_rule` in the
+iteration's place: `scores.mask_iteration`). `loss` returns a micro-batch mean; the module weights it by the micro-batch's share
 of rows, so the accumulated gradient is that of the whole-batch loss.
 """
 
@@ -17,11 +18,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import ClassVar, Iterator
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
@@ -32,7 +33,7 @@ class RolloutBatch:
     """Everything one rollout produced; row i belongs to group i // group_size."""
 
     prompt_ids: torch.Tensor      # (N, P) left-padded
-    prompt_mask: torch.Tensor     # (N, P) what the scoring forwards attend to (all ones: `attend_padding`)
+    prompt_mask: torch.Tensor     # (N, P) what the scoring forwards attend to (`attend_padding`: `device_batch_attention`)
     completions: torch.Tensor     # (N, L)
     valid: torch.Tensor           # (N, L) True up to and including the first EOS
     rewards: torch.Tensor         # (N,)
@@ -41,6 +42,7 @@ class RolloutBatch:
     group_size: int               # G: rows per prompt (groups never straddle a rollout batch)
     correct: torch.Tensor | None = None  # (N,) verified correct by the task
     micro: int = 0                # index of this micro-batch within the rollout
+    num_micro: int = 1            # micro-batches the rollout is split into (the releases' accumulation steps)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # (N, ...) rows' extra tensors
     stats: dict[str, float] = field(default_factory=dict)           # rollout statistics to log
 
@@ -61,9 +63,10 @@ class RolloutBatch:
         return self.extras.get("importance_weight")
 
     def split(self, size: int) -> Iterator["RolloutBatch"]:
-        """Fixed micro-batches of `size` rows (the last may be smaller)."""
-        for micro, start in enumerate(range(0, self.rows, size)):
-            yield self.select(slice(start, start + size), micro)
+        """Fixed micro-batches of `size` rows (the last may be smaller), each knowing their number."""
+        starts = range(0, self.rows, size)
+        for micro, start in enumerate(starts):
+            yield replace(self.select(slice(start, start + size), micro), num_micro=len(starts))
 
     def mask_seed(self, iteration: int, mc: int) -> int:
         """Seed of the masks for (this rollout, inner iteration, Monte-Carlo draw, micro-batch)."""
@@ -80,8 +83,21 @@ class ObjectiveConfig:
     advantage: str = "group_mean"      # group_mean | leave_one_out
     scale_advantage: bool = False      # divide by the group std + 1e-4
     beta: float = 0.0                  # weight of the KL-to-reference term (0: no reference)
-    attend_padding: bool = False       # score with the prompt padding attended (GDSD's releases, whose device
-                                       # batches pad; d1, wd1, SPG, DMPO see no padding: one prompt per device batch)
+    attend_padding: bool = False       # score with each device batch's prompt padding attended, as GDSD's releases
+                                       # (no attention mask; `device_batch_attention`). d1, wd1, SPG and DMPO put one
+                                       # prompt in a device batch, so they see no padding: masked is their release
+    padding_rows: int = 0              # rows of the release's device batch, padded on its own (0: the rank's rollout)
+
+    def problems(self, cfg: DictConfig | None = None) -> list[str]:
+        """One sentence for each value of the `method` section no objective can train with (a
+        subclass adds its own fields' rules); the experiment's loader and the objective ask it."""
+        problems = []
+        if self.num_iterations < 1:
+            problems.append(f"method.num_iterations (mu) must be at least 1, got {self.num_iterations}")
+        if self.padding_rows < 0:
+            problems.append(f"method.padding_rows must be 0 (the rank's whole rollout) or a positive number of rows, "
+                            f"got {self.padding_rows}")
+        return problems
 
 
 class Objective(ABC):
@@ -109,26 +125,19 @@ class Objective(ABC):
         cls.kl_anchor = cls.roles.get("reference") == "beta"
 
     def __init__(self, cfg: DictConfig, gen_length: int):
-        problems = self.method_problems(cfg, gen_length)
+        section = cfg if is_dataclass(cfg) else self.Config(**OmegaConf.to_container(cfg))
+        problems = section.problems()        # the rules the experiment's loader checked (Config.problems)
         if problems:
             raise UserError("; ".join(problems))
         self.cfg = cfg
         self.gen_length = gen_length
 
     @classmethod
-    def method_problems(cls, method, gen_length: int) -> list[str]:
-        """One sentence for each value of the `method` section this objective cannot train with, at
-        completions of `gen_length` tokens."""
-        if method.num_iterations < 1:
-            return [f"method.num_iterations (mu) must be at least 1, got {method.num_iterations}"]
-        return []
-
-    @classmethod
     def config_problems(cls, cfg: DictConfig) -> list[str]:
-        """The method section's problems and, in one sentence each, what this objective needs of the
-        rest of the experiment `cfg` that it does not get (groups, an importance correction it can
-        weight, exact states)."""
-        problems = cls.method_problems(cfg.method, cfg.sampler.gen_length)
+        """In one sentence each, what this objective needs of the rest of the experiment `cfg` that it
+        does not get (groups, an importance correction it can weight, exact states); its own section
+        checks itself (`Config.problems`)."""
+        problems = []
         name, rollout = cfg.method.name, cfg.rollout
         if rollout.num_generations < 2 and cls.uses_groups:
             problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
@@ -139,8 +148,9 @@ class Objective(ABC):
                                          "recorded state and ends blocks early, so states and positions disagree",
                        "kv_cache": "the cache would record states drawn by an approximate model, off-policy for the "
                                    "student it distils there"}
+            rollouts = lambda key: rollout.sampler.get(key, cfg.sampler[key])   # noqa: E731  (rollout.sampler wins)
             problems += [f"sampler.{key} cannot be used with {name}: {reason}"
-                         for key, reason in reasons.items() if cfg.sampler[key] not in (None, False)]
+                         for key, reason in reasons.items() if rollouts(key) not in (None, False)]
         return problems
 
     def needs(self, role: str) -> bool:
@@ -185,6 +195,22 @@ class Objective(ABC):
     @abstractmethod
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Micro-batch loss at inner iteration `iteration`, and detached metrics to log."""
+
+
+def device_batch_attention(prompt_mask: torch.Tensor, rows: int) -> torch.Tensor:
+    """The prompt attention of `attend_padding`: the releases tokenise and left-pad each device batch
+    on its own and score it with no attention mask. With g(i) = floor(i / rows) the device batch of
+    row i (rows = 0: one batch of all N rows) and w_g its longest prompt (real tokens),
+
+        attended[i, j] = 1  if  j >= P - w_g(i)   else 0        (P: the padded width of all N rows)
+
+    so a row attends its own device batch's padding and not the columns only a wider batch has
+    (as if the batch were cut to its own width; Dream's position ids restart there too)."""
+    lengths = prompt_mask.sum(1)
+    rows = rows or lengths.shape[0]
+    widths = torch.stack([chunk.max() for chunk in lengths.split(rows)]).repeat_interleave(rows)[: lengths.shape[0]]
+    columns = torch.arange(prompt_mask.shape[1], device=prompt_mask.device)
+    return (columns >= prompt_mask.shape[1] - widths.unsqueeze(1)).to(prompt_mask.dtype)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, scale: bool) -> torch.Tensor:

@@ -5,8 +5,13 @@
     loss    = - mean over valid tokens [ w_l min(ratio_l A, clip(ratio_l, 1 - eps, 1 + eps) A)
                                          - beta k3_l ],   k3 = exp(ref - logp) - (ref - logp) - 1
 
+The prompt mask of inner iteration i on micro-batch m is mask (i n + m) mod mu of the n micro-batches
+(`method.mask_seed_rule: release`, d1's rule) or mask i (`fresh`): `scores.mask_iteration`.
 Valid tokens run up to and including the first EOS; A is the sequence's advantage. The token
 mean is over the micro-batch (exact when a rollout is one micro-batch, as in the tiny configs).
+`clip_binding_fraction` = (valid tokens where the clipped branch is the minimum, the clip binds) /
+(valid tokens): the complement, up to ties, of d1's `clip_ratio`, which counts the tokens where the
+unclipped term is the smaller (the clip does not bind).
 w_l: rollout.importance_correction's weight of token l (1 when off), the ratio of the probability
 the exact model gives the committed token at the state where the sampler committed it to the
 sampler's (truncated IS of autoregressive stacks, per token).
@@ -19,18 +24,17 @@ from dataclasses import dataclass
 import torch
 
 from gdsd_lightning.models.adapter import DiffusionLM
-from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
-from gdsd_lightning.objectives.scores import mean_field_logprobs
+from gdsd_lightning.objectives.base import Objective, RolloutBatch
+from gdsd_lightning.objectives.scores import MeanFieldConfig, mean_field_logprobs
 
 
 @dataclass
-class DiffuGRPOConfig(ObjectiveConfig):
+class DiffuGRPOConfig(MeanFieldConfig):
     name: str = "diffu_grpo"
     num_iterations: int = 8            # recipe: 12 on GSM8K/MATH, 8 on sudoku/countdown
     advantage: str = "group_mean"
     eps: float = 0.5                   # PPO clip range
     beta: float = 0.04                 # k3 KL to the reference
-    p_mask_prompt: float = 0.15        # prompt tokens masked per inner iteration
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +56,7 @@ def diffu_grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torc
     """The loss on (B, L) per-token log-probs; see the module docstring."""
     surrogate, clipped = clipped_surrogate((logp - logp_old).exp(), advantages.unsqueeze(1), eps)
     per_token = -surrogate if weight is None else -weight * surrogate
-    metrics = {"clip_fraction": (clipped & valid).sum() / valid.sum()}
+    metrics = {"clip_binding_fraction": (clipped & valid).sum() / valid.sum()}
     if logp_ref is not None:
         kl = k3_kl(logp, logp_ref)
         per_token = per_token + beta * kl
@@ -67,7 +71,7 @@ class DiffuGRPO(Objective):
     importance_level = "token"
 
     def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
-        return mean_field_logprobs(model, batch, iteration, self.cfg.p_mask_prompt)
+        return mean_field_logprobs(model, batch, iteration, self.cfg)
 
     def loss(self, policy, batch: RolloutBatch, iteration: int):
         logp = self.score(policy, batch, iteration)

@@ -51,6 +51,15 @@ class DMPOConfig(ObjectiveConfig):
     loss_scale: str = "groups"         # groups: the sum over rows / groups | device_batch: the release's sum
                                        # per micro-batch (= per-device batch)
 
+    def problems(self, cfg=None) -> list[str]:
+        problems = super().problems(cfg)
+        if self.alpha <= 0 or self.num_replicates < 2 or self.num_replicates % 2:
+            problems.append(f"method.alpha must be positive and method.num_replicates even and at least 2 "
+                            f"(antithetic pairs); got alpha={self.alpha}, num_replicates={self.num_replicates}")
+        if self.loss_scale not in ("groups", "device_batch"):
+            problems.append(f"method.loss_scale must be 'groups' or 'device_batch', got {self.loss_scale!r}")
+        return problems
+
 
 def dmpo_weights(rewards: torch.Tensor, log_rnd: torch.Tensor, group_size: int, alpha: float,
                  coeff: float = 1.0) -> torch.Tensor:
@@ -79,15 +88,6 @@ class DMPO(Objective):
 
     roles = {"reference": ""}          # always: logRND is relative to the reference
 
-    @classmethod
-    def method_problems(cls, method, gen_length: int) -> list[str]:
-        problems = super().method_problems(method, gen_length)
-        if method.alpha <= 0 or method.num_replicates < 2 or method.num_replicates % 2:
-            problems.append(f"method.alpha must be positive and method.num_replicates even and at least 2 "
-                            f"(antithetic pairs); got alpha={method.alpha}, num_replicates={method.num_replicates}")
-        if method.loss_scale not in ("groups", "device_batch"):
-            problems.append(f"method.loss_scale must be 'groups' or 'device_batch', got {method.loss_scale!r}")
-        return problems
 
     def masked_logprobs(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
         """(K, B) per-replicate mean log-prob of the masked tokens, under this iteration's masks."""

@@ -68,6 +68,12 @@ class DOPSDConfig(ObjectiveConfig):
     skip_gated: bool = False           # False (release): failing rows keep a zero loss and the steps happen
     record_last_block: bool = False    # also train on the last block's states (the release never does)
 
+    def problems(self, cfg=None) -> list[str]:
+        problems = super().problems(cfg)
+        if self.clamp_scope not in ("element", "position"):
+            problems.append(f"method.clamp_scope must be 'element' or 'position', got {self.clamp_scope!r}")
+        return problems
+
 
 def block_layout(state_blocks: torch.Tensor, length: int) -> tuple[int, int]:
     """(number of blocks, block length) of the sampler that recorded every step's block index."""
@@ -150,13 +156,6 @@ class DOPSD(Objective):
     def __init__(self, cfg, gen_length: int):
         super().__init__(cfg, gen_length)
         self.teacher: DiffusionLM | None = None      # set by prepare: the network the loss distils from
-
-    @classmethod
-    def method_problems(cls, method, gen_length: int) -> list[str]:
-        problems = super().method_problems(method, gen_length)
-        if method.clamp_scope not in ("element", "position"):
-            problems.append(f"method.clamp_scope must be 'element' or 'position', got {method.clamp_scope!r}")
-        return problems
 
     @torch.no_grad()
     def prepare(self, policy: DiffusionLM, reference: DiffusionLM | None, batch: RolloutBatch) -> RolloutBatch:

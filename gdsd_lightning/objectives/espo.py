@@ -4,6 +4,7 @@
     loss = - mean_b w_b min(rho A, clip(rho, 1 - eps, 1 + eps) A)
            + beta sum_b 1/2 (ELBO_theta - ELBO_ref)^2 / (B L)       (GDSD's k2 anchor: scores.with_k2_anchor)
 
+`clip_binding_fraction`: the fraction of rows whose clipped branch is the minimum (the clip binds).
 Stratified coupled masks as in GDSD-TLC (without logit centring); leave-one-out advantages. w_b:
 rollout.importance_correction's sequence weight (1 when off; the KL term is not weighted).
 """
@@ -37,7 +38,7 @@ def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, advantages: torch.Tens
     rho = ((elbo - elbo_old) / length).exp()
     surrogate, clipped = clipped_surrogate(rho, advantages, eps)
     loss = -(surrogate if weight is None else weight * surrogate).mean()
-    metrics = {"clip_fraction": clipped.float().mean(), "ratio": rho.detach().mean()}
+    metrics = {"clip_binding_fraction": clipped.float().mean(), "ratio": rho.detach().mean()}
     return with_k2_anchor(loss, metrics, elbo, elbo_ref, beta, length), metrics
 
 

@@ -16,8 +16,9 @@ on valid tokens:
 EUBO skips tokens no draw masked (their inner mean is 0). No ratio, clip or KL; group-mean
 advantages; w_b: rollout.importance_correction's sequence weight (1 when off). The normaliser
 sum_b len_b is the micro-batch's (the release's per-device batch).
-The D draws of a row come from one generator per (rollout, iteration, micro-batch), in the
-release's order (`block_random_mask`).
+The D draws of a row come from one generator per (rollout, mask index, micro-batch), in the
+release's order (`block_random_mask`); the mask index of inner iteration i follows
+`method.mask_seed_rule` (`scores.mask_iteration`: the release's (i n + m) mod mu of micro-batch m of n).
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from dataclasses import dataclass
 import torch
 
 from gdsd_lightning.diffusion.estimators import completion_logprobs
-from gdsd_lightning.diffusion.masking import block_random_mask, generator_for
+from gdsd_lightning.diffusion.masking import block_random_mask
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
-from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
+from gdsd_lightning.objectives.base import Objective, RolloutBatch
+from gdsd_lightning.objectives.scores import MicroStepSeedConfig, micro_step_generator
 
 
 @dataclass
-class SPGConfig(ObjectiveConfig):
+class SPGConfig(MicroStepSeedConfig):
     name: str = "spg"
     num_iterations: int = 4
     advantage: str = "group_mean"
@@ -87,7 +89,7 @@ class SPG(Objective):
         draws = self.cfg.num_mc
         prompt_masked, mask, t_hat = block_random_mask(
             batch.valid, self.cfg.block_length, draws, batch.prompt_ids.shape[1], self.cfg.p_mask_prompt,
-            generator_for(batch.mask_seed(iteration, 0), batch.valid.device))                 # (B, D, ...)
+            micro_step_generator(batch, iteration, self.cfg))                                    # (B, D, ...)
         repeat = lambda t: t.repeat_interleave(draws, 0)                                        # noqa: E731
         logp = completion_logprobs(policy, repeat(batch.prompt_ids), repeat(batch.prompt_mask), repeat(batch.completions),
                                    mask.flatten(0, 1), prompt_masked.flatten(0, 1)).view(mask.shape)

@@ -4,6 +4,7 @@
     w_i  = softmax_group(A)_i - softmax_group(-A)_i          (softmax over the G rows of a prompt)
     loss = - mean over groups of sum_i v_i w_i l_i
 
+The prompt mask of each inner iteration follows `method.mask_seed_rule` (`scores.mask_iteration`).
 No old-policy ratio, no clip, no KL. A group with equal rewards has w = 0 (no signal). v_i:
 rollout.importance_correction's sequence weight (1 when off).
 """
@@ -15,16 +16,15 @@ from dataclasses import dataclass
 import torch
 
 from gdsd_lightning.models.adapter import DiffusionLM
-from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
-from gdsd_lightning.objectives.scores import mean_field_logprobs
+from gdsd_lightning.objectives.base import Objective, RolloutBatch
+from gdsd_lightning.objectives.scores import MeanFieldConfig, mean_field_logprobs
 
 
 @dataclass
-class WD1Config(ObjectiveConfig):
+class WD1Config(MeanFieldConfig):
     name: str = "wd1"
     num_iterations: int = 8            # recipe: 12 on GSM8K, 8 on sudoku
     advantage: str = "group_mean"
-    p_mask_prompt: float = 0.15
 
 
 def wd1_weights(advantages: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -50,7 +50,7 @@ class WD1(Objective):
         return batch
 
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int):
-        logp = mean_field_logprobs(policy, batch, iteration, self.cfg.p_mask_prompt)
+        logp = mean_field_logprobs(policy, batch, iteration, self.cfg)
         sequence_logp = (logp * batch.valid).sum(dim=1)
         loss = wd1_loss(sequence_logp, batch.extras["weight"], batch.group_size)
         return loss, {"sequence_logp": sequence_logp.detach().mean()}
