@@ -124,9 +124,9 @@ COMMANDS = {
              help="shared: mu = 1 for every method; recipe: each method's recipe mu, tuned at that mu"),
          opt("--jobs", type=int, default=1, help="runs trained side by side, one torch thread each (default: 1)"),
          opt("--out", default="results", help="output directory (default: results)"),
-         opt("--rollout-modes", type=names, help="comma-separated subset of exact,fast,fast+tis,fast+mis: every "
-                                                 "method at its exact-tuned setting in each mode, into "
-                                                 "<out>/<task>_rollout_modes")),
+         opt("--rollout-modes", type=names, help="comma-separated rollout modes (exact, threshold, cache, fast, "
+                                                 "fast+tis, fast+mis: compare.ROLLOUT_MODES): every method at its "
+                                                 "exact-tuned setting in each mode, into <out>/<task>_rollout_modes")),
         overrides=True),
     "bench": Command(
         "gdsd_lightning.commands.bench:bench",

@@ -198,7 +198,7 @@ def test_compare_tunes_lr_then_beta_writes_the_tables_and_plots_and_reuses_finis
     capfd.readouterr()
     with pytest.raises(SystemExit):
         main(["compare", "--methods", "gdsd", "--rollout-modes", "turbo", *rl_overrides(tmp_path, 2)])
-    assert "--rollout-modes: unknown mode 'turbo'; choose from exact, fast, fast+tis, fast+mis" in capfd.readouterr().err
+    assert "--rollout-modes: unknown mode 'turbo'; choose from exact, threshold, cache, fast, fast+tis, fast+mis" in capfd.readouterr().err
 
 
 def test_the_warm_up_starts_from_a_zero_learning_rate_as_the_releases_schedules_do(tmp_path):

@@ -56,12 +56,16 @@ SWEEP_BETAS = (0.0, 0.05, 0.5)             # the default --betas: the KL-anchor 
 COLLAPSE_FRACTION = 0.5                    # collapsed: final val headline < this x its start
 TARGET_GAIN = 0.10                         # rollouts_to_target: first val headline >= start + this
 SMOOTHING = 25                             # rollouts in the moving average of the reward plot
-FAST_ROLLOUTS = ["rollout.sampler.kv_cache=true", f"rollout.sampler.fast_threshold={FAST_THRESHOLD}"]
+THRESHOLD = f"rollout.sampler.fast_threshold={FAST_THRESHOLD}"
+CACHE = "rollout.sampler.kv_cache=true"
+SOME_MEASURED = "rollout.mismatch_every=10"     # the mismatch measured on every 10th rollout
 ROLLOUT_MODES = {                          # --rollout-modes: how the rollouts are drawn (evaluation stays exact)
     "exact": [],
-    "fast": [*FAST_ROLLOUTS, "rollout.mismatch_every=10"],          # mismatch measured on every 10th rollout
-    "fast+tis": [*FAST_ROLLOUTS, "rollout.importance_correction=tis"],
-    "fast+mis": [*FAST_ROLLOUTS, "rollout.importance_correction=mis"],
+    "threshold": [THRESHOLD, SOME_MEASURED],            # exact probabilities, another schedule
+    "cache": [CACHE, SOME_MEASURED],                    # the exact schedule, approximate probabilities
+    "fast": [THRESHOLD, CACHE, SOME_MEASURED],
+    "fast+tis": [THRESHOLD, CACHE, "rollout.importance_correction=tis"],
+    "fast+mis": [THRESHOLD, CACHE, "rollout.importance_correction=mis"],
 }
 NOTES = """Columns: `final_*` = test metrics (greedy) of the final model, `best_*` = of the best-by-val checkpoint,
 mean and std over seeds; `base_*` = the SFT base on the same test split; `rollouts_to_target` = rollouts until the val
@@ -629,21 +633,26 @@ def plot_rollout_modes(results: list[RunResult], rows: list[dict], metric: str, 
 
     labels = [f"{row['method']}\n{row['rollout_mode']}" for row in rows]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    colours = [f"C{i}" for i in range(len(rows))]
     axes[0].bar(labels, [row[f"final_{metric}_mean"] for row in rows], yerr=[row[f"final_{metric}_std"] for row in rows],
-                capsize=3)
+                capsize=3, color=colours)
     if base is not None:
         axes[0].axhline(base[metric], color="black", linestyle="--", linewidth=1, label=f"SFT base ({base[metric]:.3f})")
         axes[0].legend(fontsize=8)
     axes[0].set(title=f"{task}: test {metric} (mean, std over seeds)", ylabel=metric)
-    axes[1].bar(labels, [row["rollout_seconds_mean"] or 0.0 for row in rows])
+    axes[1].bar(labels, [row["rollout_seconds_mean"] or 0.0 for row in rows], color=colours)
     axes[1].set(title="sampling seconds per run", ylabel="seconds")
-    for r in results:
-        measured = [(rec["rollout"], rec["mean_abs_log_ratio"]) for rec in r.rollout_records if "mean_abs_log_ratio" in rec]
-        if measured:
-            axes[2].plot(*zip(*measured), marker=".", label=f"{r.method} {r.rollout_mode} seed {r.seed}")
-    axes[2].set(title="mismatch over training", xlabel="rollouts", ylabel="mean |log p_exact - log p_sampler|")
+    for i, row in enumerate(rows):
+        curves = [[(rec["rollout"], rec["mean_abs_log_ratio"]) for rec in r.rollout_records if "mean_abs_log_ratio" in rec]
+                  for r in results if (r.method, r.rollout_mode) == (row["method"], row["rollout_mode"])]
+        if curves and all(curves):
+            xs, mean, std = band(curves, smooth=5)
+            axes[2].plot(xs, mean, label=labels[i].replace("\n", " "), color=colours[i])
+            axes[2].fill_between(xs, mean - std, mean + std, alpha=0.15, color=colours[i])
+    axes[2].set(title="mismatch over training (5-point mean; band: std over seeds)", xlabel="rollouts",
+                ylabel="mean |log p_exact - log p_sampler|")
     if axes[2].lines:
-        axes[2].legend(fontsize=6)
+        axes[2].legend(fontsize=8)
     for ax in axes[:2]:
         ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
