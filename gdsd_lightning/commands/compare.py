@@ -549,9 +549,9 @@ def compare(task: str, seeds: int, methods: list[str] | None = None, out: str = 
     write_csv(out_dir / "compare.csv", rows)
     plot(results, rows, sweep, metric, base, task, out_dir, lr_stage_beta(betas))
     configs = {m: load_experiment(e, overrides[m]) for m, e in experiments.items()}
-    glance = ["method", "mu", "lr", "beta", f"final_{metric}_mean", f"final_{metric}_std", "final_accuracy_mean",
-              "final_accuracy_std", "base_solve_rate", "rollouts_to_target", "steps_to_target", "reached_target",
-              "collapsed", "entropy_end", "wall_time_s"]
+    glance = list(dict.fromkeys(["method", "mu", "lr", "beta", f"final_{metric}_mean", f"final_{metric}_std",
+                                 "final_accuracy_mean", "final_accuracy_std", f"base_{metric}", "rollouts_to_target",
+                                 "steps_to_target", "reached_target", "collapsed", "entropy_end", "wall_time_s"]))
     table = [{**row, "mu": configs[row["method"]].method.num_iterations} for row in rows]
     choice = "\n".join(f"- {m}: {chosen[m].setting} ({reasons[m]})" for m in experiments)
     sweep_md = markdown_table([{"method": r.method, "lr": f"{r.lr:g}", "beta": "-" if r.beta is None else f"{r.beta:g}",
