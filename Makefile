@@ -47,9 +47,9 @@ bench: .venv/.installed
 	$(PY) -m gdsd_lightning bench $(ARGS)
 
 # The recipe's method, task, prompts, LoRA targets and gradient checkpointing on a toy random checkpoint
-# in LLaDA's or Dream's published format (written by the tests' own writer), shrunk by _base/cpu_smoke.yaml.
+# in LLaDA's or Dream's published format (python -m gdsd_lightning toy-checkpoint), shrunk by _base/cpu_smoke.yaml.
 smoke-real: .venv/.installed
-	checkpoint=$$($(PY) -m tests.published_checkpoints $(RECIPE) runs/toy_published) && \
+	checkpoint=$$($(PY) -m gdsd_lightning toy-checkpoint $(RECIPE) --out runs/toy_published) && \
 		$(PY) -m gdsd_lightning train $(RECIPE) extends=_base/cpu_smoke.yaml model.path=$$checkpoint $(ARGS)
 
 data: .venv/.installed

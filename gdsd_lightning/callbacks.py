@@ -1,5 +1,5 @@
 """Callbacks: rollout statistics and sample texts, the val-accuracy history, the run summary,
-checkpoints after evaluation; and the atomic checkpoint writer."""
+checkpoints after evaluation; the progress bar; and the atomic checkpoint writer."""
 
 from __future__ import annotations
 
@@ -11,10 +11,25 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from gdsd_lightning.runs import write_json
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar as a person reads it. A run ends at `trainer.max_steps` (the
+    Trainer has max_epochs=-1, which Lightning's bar shows as `Epoch 0/-2`): the epoch is shown
+    without a bound, the optimiser step against max_steps beside the metrics, and not the logger's
+    version (`v_num: oard`, the tail of the tensorboard/ directory's name)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"   # as wide: no flicker
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return {"step": f"{trainer.global_step}/{trainer.max_steps}", **metrics}
 
 
 def log_samples(trainer: L.Trainer, tag: str, rows: list[tuple[str, str, float]]) -> None:

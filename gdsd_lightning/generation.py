@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from gdsd_lightning.diffusion.sampler import SampleOutput, block_sample, dream_sample
+from gdsd_lightning.diffusion.sampler import SampleOutput, SamplerConfig, block_sample, dream_sample
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.tasks import Task
@@ -31,18 +31,19 @@ def encode_prompts(policy: DiffusionLM, task: Task, examples: list[dict], task_c
     return texts, ids, mask
 
 
-def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: DictConfig,
-           temperature: float, generator: torch.Generator | None = None, record_states: bool = False,
+def sample(policy: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampler: SamplerConfig,
+           generator: torch.Generator | None = None, record_states: bool = False,
            measure_mismatch: bool = False) -> SampleOutput:
-    """Run the configured sampler (`sampler.kind`) at `temperature`; `sampler.fast_threshold` and
-    `sampler.kv_cache` are the block sampler's fast mode (confident parallel commits, cached keys
-    and values outside the current block), `sampler.gumbel_dtype` its noise precision;
-    `measure_mismatch` (block sampler) compares every commit with the exact sampler's."""
+    """Run the sampler `sampler` describes, whole (its kind, schedule and temperature: each caller
+    passes one configuration, e.g. the experiment's section at the rollout's temperature);
+    `sampler.fast_threshold` and `sampler.kv_cache` are the block sampler's fast mode (confident
+    parallel commits, cached keys and values outside the current block), `sampler.gumbel_dtype` its
+    noise precision; `measure_mismatch` (block sampler) compares every commit with the exact sampler's."""
     if sampler.kind == "dream":
-        return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, temperature,
+        return dream_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.steps, sampler.temperature,
                             sampler.top_p, sampler.eps, generator, record_states)
     return block_sample(policy, prompt_ids, prompt_mask, sampler.gen_length, sampler.block_length, sampler.steps,
-                        temperature, sampler.remasking, generator, record_states, sampler.fast_threshold,
+                        sampler.temperature, sampler.remasking, generator, record_states, sampler.fast_threshold,
                         sampler.kv_cache, sampler.kv_refresh_every, sampler.gumbel_dtype, measure_mismatch)
 
 
@@ -53,8 +54,10 @@ def score(task: Task, completions: list[str], examples: list[dict]) -> list[dict
 
 @torch.no_grad()
 def generate_and_score(policy: DiffusionLM, task: Task, examples: list[dict], cfg: DictConfig) -> list[dict]:
-    """Greedy completions (evaluation protocol) for `examples`, scored by the task."""
+    """Greedy completions (the experiment's sampler at temperature 0: periodic evaluation) for
+    `examples`, scored by the task."""
     prompts, ids, mask = encode_prompts(policy, task, examples, cfg.task)
-    out = sample(policy, ids.to(policy.device), mask.to(policy.device), cfg.sampler, temperature=0.0)
+    greedy = SamplerConfig.of(cfg.sampler).at(temperature=0.0)
+    out = sample(policy, ids.to(policy.device), mask.to(policy.device), greedy)
     records = score(task, policy.decode(out.completions), examples)
     return [{"prompt": p, **r} for p, r in zip(prompts, records)]

@@ -6,8 +6,9 @@ One RL training step = one rollout batch:
             -> objective.prepare (old / reference scores, same mask seeds)
             -> mu x { micro-batch losses -> manual_backward -> clip -> optimiser step }
 
-Nothing here is method-specific: the objective declares the roles it needs (a frozen reference
-when beta > 0) and supplies the loss.
+Nothing here is method-specific: the objective declares the roles it needs (`Objective.roles`: a
+frozen reference, e.g. for a KL anchor when method.beta > 0) and supplies the loss. The `rollout`
+and `optim` sections are this module's (RolloutConfig, OptimConfig).
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MeanMetric
 
-from gdsd_lightning.config import rollout_sampler
+from gdsd_lightning.config import merge_checked
 from gdsd_lightning.diffusion.estimators import valid_completion_mask
 from gdsd_lightning.diffusion.masking import generator_for
+from gdsd_lightning.diffusion.sampler import SamplerConfig
 from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.generation import encode_prompts, generate_and_score, sample, score
 from gdsd_lightning.models.adapter import DiffusionLM
@@ -34,6 +37,98 @@ from gdsd_lightning.objectives.base import (RolloutBatch, device_batch_attention
                                            zero_loss)
 from gdsd_lightning.objectives.sft import masked_diffusion_loss
 from gdsd_lightning.tasks import Task
+
+
+@dataclass
+class RolloutConfig:
+    """The `rollout` section: how the RL loop samples and scores its rollouts."""
+
+    prompts_per_step: int = 8              # prompts per rollout batch (per rank)
+    num_generations: int = 8               # G completions per prompt
+    temperature: float = 1.0               # sampling temperature during training rollouts (replaces sampler.temperature)
+    passk: int = 1                         # attempts per row (d-OPSD's pass@k)
+    passk_keep: str = "first_correct"      # first_correct: stop at a correct attempt, else keep the last |
+                                           # best_reward: run all attempts, keep the best (ties: the later)
+    mismatch_every: int = 1                # with sampler.kv_cache or fast_threshold: measure the rollout's
+                                           # mismatch to the exact sampler every n rollouts (0: never; one
+                                           # uncached forward more per cached step; docs/sampling.md)
+    importance_correction: str = "none"    # none | tis | mis: weight each row (token) by the exact-to-sampler
+                                           # probability ratio (objectives/base.py, importance_weights)
+    importance_cap: float = 2.0            # C of the correction: tis caps the ratio at C, mis zeroes above C
+    sampler: dict = field(default_factory=dict)   # fast-mode keys of `sampler` for the rollouts only (e.g.
+                                           # {kv_cache: true, fast_threshold: 0.9}: fast rollouts, exact evaluation)
+    dropout: bool = False                  # sample in train mode, dropout active (the releases generate inside
+                                           # their training step); False: eval mode
+    decode: str = "first_eos"              # the text the reward reads: first_eos (cut at the first EOS) | all (all
+                                           # L tokens, special tokens dropped: the releases) | special (all, kept: d-OPSD)
+
+    IMPORTANCE_CORRECTIONS: ClassVar[tuple[str, ...]] = ("none", "tis", "mis")
+
+    def problems(self, cfg: DictConfig) -> list[str]:
+        """One sentence for each rollout.* setting that cannot run (with the rollouts' sampler,
+        `rollout_sampler`); the objective adds what it needs of the rollout (Objective.config_problems)."""
+        foreign = foreign_rollout_sampler_keys(cfg)
+        problems, sampler = [foreign] if foreign else [], None if foreign else rollout_sampler(cfg)
+        if self.sampler and sampler is not None:
+            problems += [f"with rollout.sampler: {problem}" for problem in sampler.problems()]
+        if self.passk < 1:
+            problems.append(f"rollout.passk must be at least 1, got {self.passk}")
+        if self.decode not in ("first_eos", "all", "special"):
+            problems.append(f"rollout.decode must be 'first_eos', 'all' or 'special', got {self.decode!r}")
+        if self.passk_keep not in ("first_correct", "best_reward"):
+            problems.append(f"rollout.passk_keep must be 'first_correct' or 'best_reward', got {self.passk_keep!r}")
+        if self.mismatch_every < 0:
+            problems.append(f"rollout.mismatch_every must be 0 (never) or a positive number of rollouts, "
+                            f"got {self.mismatch_every}")
+        if self.importance_correction not in self.IMPORTANCE_CORRECTIONS:
+            problems.append(f"rollout.importance_correction must be one of {', '.join(self.IMPORTANCE_CORRECTIONS)}, "
+                            f"got {self.importance_correction!r}")
+        elif self.importance_correction != "none":
+            if self.importance_cap <= 0:
+                problems.append(f"rollout.importance_cap must be positive, got {self.importance_cap}")
+            if sampler is not None and not sampler.kv_cache:
+                problems.append("rollout.importance_correction needs sampler.kv_cache=true (or rollout.sampler.kv_cache): "
+                                "without the cache every forward is exact and every weight would be 1")
+        return problems
+
+
+ROLLOUT_SAMPLER_KEYS = ("fast_threshold", "kv_cache", "kv_refresh_every")   # what rollout.sampler may set
+
+
+def foreign_rollout_sampler_keys(cfg: DictConfig) -> str | None:
+    """The sentence refusing rollout.sampler keys other than the fast-mode ones, or None."""
+    other = [key for key in cfg.rollout.sampler if key not in ROLLOUT_SAMPLER_KEYS]
+    return (f"rollout.sampler.{other[0]}: only the fast-mode keys {', '.join(ROLLOUT_SAMPLER_KEYS)} may differ "
+            "between rollouts and evaluation") if other else None
+
+
+def rollout_sampler(cfg: DictConfig) -> SamplerConfig:
+    """The sampler the rollouts draw with, whole: `sampler` with `rollout.sampler` merged over it (only
+    the fast-mode keys: what is sampled and scored stays the same shape as what is evaluated), at
+    `rollout.temperature`."""
+    foreign = foreign_rollout_sampler_keys(cfg)
+    if foreign:
+        raise UserError(foreign)
+    merged = merge_checked(OmegaConf.structured(SamplerConfig.of(cfg.sampler)), cfg.rollout.sampler,
+                           where="rollout.sampler", prefix="rollout.sampler.")
+    return OmegaConf.to_object(merged).at(temperature=cfg.rollout.temperature)
+
+
+@dataclass
+class OptimConfig:
+    """The `optim` section: AdamW and its learning-rate schedule (DiffusionModule.configure_optimizers)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 0
+    scheduler: str = "constant"            # constant | cosine
+    grad_clip: float = 1.0
+
+    def problems(self, cfg: DictConfig) -> list[str]:
+        if self.scheduler not in ("constant", "cosine"):
+            return [f"optim.scheduler must be 'constant' or 'cosine', got {self.scheduler!r}"]
+        return []
 
 
 class DiffusionModule(L.LightningModule):
@@ -173,11 +268,11 @@ class DiffusionRLModule(DiffusionModule):
         super().__init__(cfg, policy, task)
         self.automatic_optimization = False
         self.objective = OBJECTIVES[cfg.method.name](cfg.method, cfg.sampler.gen_length)
-        self.rollout_sampler = rollout_sampler(cfg)     # `sampler` with the rollouts' own fast-mode keys
-        # Frozen roles live outside the registered module tree: not trained, not checkpointed.
-        self.roles: dict[str, DiffusionLM] = {}
-        if self.objective.needs_reference:   # with LoRA: the policy with adapters off, no copy
-            self.roles["reference"] = frozen_reference(policy)
+        self.rollout_sampler = rollout_sampler(cfg)   # `sampler` with the rollouts' fast-mode keys, temperature
+        # The frozen roles the objective declares (Objective.roles), each the frozen initial model (with LoRA:
+        # the policy with adapters off, no copy); outside the registered module tree: not trained, not checkpointed.
+        self.roles: dict[str, DiffusionLM] = {role: frozen_reference(policy) for role in self.objective.roles
+                                              if self.objective.needs(role)}
         self.last_rollout: RolloutLog | None = None
         self.rollouts_done = 0        # rollout batches drawn, including skipped ones (checkpointed)
         self.empty_rollouts = Streak(cfg.trainer.max_skipped_in_a_row)   # nothing left to train on
@@ -265,9 +360,8 @@ class DiffusionRLModule(DiffusionModule):
     def measures_mismatch(self) -> bool:
         """Whether this rollout compares the fast sampler with the exact one: in fast mode, every
         rollout with an importance correction, else every `rollout.mismatch_every`-th (0: none)."""
-        s, r = self.rollout_sampler, self.cfg.rollout
-        fast = s.kind == "block" and (s.kv_cache or s.fast_threshold is not None)
-        return fast and (r.importance_correction != "none" or (r.mismatch_every > 0
+        r = self.cfg.rollout
+        return self.rollout_sampler.fast and (r.importance_correction != "none" or (r.mismatch_every > 0
                                                               and self.rollouts_done % r.mismatch_every == 0))
 
     def attempts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[dict],
@@ -290,8 +384,8 @@ class DiffusionRLModule(DiffusionModule):
         """One sampling pass over `rows`: completions, texts, rewards, correctness, entropy and,
         for objectives that want them, the intermediate states (rows, steps, L) and their blocks; when
         measured, each token's log-ratio to the exact sampler and whether it reranked (rows, L)."""
-        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.rollout_sampler, self.cfg.rollout.temperature,
-                     generator, record_states=self.objective.record_states, measure_mismatch=self.measures_mismatch())
+        out = sample(self.policy, prompt_ids[rows], prompt_mask[rows], self.rollout_sampler, generator,
+                     record_states=self.objective.record_states, measure_mismatch=self.measures_mismatch())
         texts = self.policy.decode(out.completions, self.cfg.rollout.decode)
         records = score(self.task, texts, [examples[i] for i in rows.tolist()])
         attempt = {
@@ -322,12 +416,10 @@ class DiffusionRLModule(DiffusionModule):
         rows_everywhere = int(self.trainer.strategy.reduce(torch.tensor(float(batch.rows), device=self.device),
                                                            reduce_op="sum"))
         if rows_everywhere == 0:   # e.g. d-OPSD with method.skip_gated: no optimiser step on an empty loss
-            self.empty_rollouts.hit(lambda: (
+            return self.skip(self.empty_rollouts, "skipped_rollouts", lambda: (
                 f"rollouts in a row left nothing to train on, up to optimiser step {self.global_step} "
                 f"({self.cfg.method.name}: {batch.stats}); the policy never passes the objective's gate. Raise "
                 "rollout.passk, lower the gate or start from a stronger base (limit: trainer.max_skipped_in_a_row)"))
-            self.log("train/skipped_rollouts", float(self.empty_rollouts.total), batch_size=1)
-            return
         self.empty_rollouts.reset()
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -346,17 +438,22 @@ class DiffusionRLModule(DiffusionModule):
             bad = [key for key, value in totals.items() if not torch.isfinite(torch.as_tensor(value)).all()]
             if bad:   # skip the step: a NaN/inf must not reach the weights or Adam's moments
                 optimizer.zero_grad()
-                self.bad_steps.hit(lambda: (
+                self.skip(self.bad_steps, "skipped_bad_steps", lambda: (
                     f"non-finite {', '.join(bad)} in optimiser steps in a row, the last at step {self.global_step} "
                     f"(rollout {self.rollouts_done}, inner iteration {iteration}, {self.cfg.method.name}); "
                     "lower optim.lr or check the objective's terms (limit: trainer.max_bad_steps_in_a_row)"))
-                self.log("train/skipped_bad_steps", float(self.bad_steps.total), batch_size=1)
                 continue
             self.bad_steps.reset()
             optimizer.step()
             scheduler.step()
         self.log_dict({f"train/{k}": v for k, v in self.global_means(totals, batch.rows).items()}, batch_size=1)
         self.log("train/lr", scheduler.get_last_lr()[0], batch_size=1)
+
+    def skip(self, streak: "Streak", tag: str, message) -> None:
+        """One more skipped rollout or optimiser step in `streak` (TrainingStopped at its limit, with
+        `message()`), the total logged as train/<tag>."""
+        streak.hit(message)
+        self.log(f"train/{tag}", float(streak.total), batch_size=1)
 
     def global_means(self, metrics: dict, weight: float) -> dict[str, float]:
         """Means over ranks, weighted by `weight` (this rank's rows), of metrics whose keys may differ

@@ -29,16 +29,64 @@ import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from gdsd_lightning.config import PROJECT_ROOT, PROTOCOLS, eval_problems, sampler_problems
+from gdsd_lightning.config import PROJECT_ROOT
+from gdsd_lightning.diffusion.sampler import SamplerConfig
 from gdsd_lightning.errors import UserError
+from gdsd_lightning.tasks.release_eval import PROMPT_FAMILIES
 
 OWN_HARNESS, LM_EVAL = "gdsd_lightning", "lm-eval"
 MINERVA_SUBJECTS = tuple(f"minerva_math_{s}" for s in ("algebra", "counting_and_prob", "geometry",
                                                        "intermediate_algebra", "num_theory", "prealgebra", "precalc"))
 CODE_TASKS = ("humaneval", "mbpp")
+PROTOCOLS = ("papers", "experiment")                    # eval.protocol
+CHECKPOINT_RULES = ("final", "best_val", "best_test")   # eval.checkpoint (checkpoints.py)
+
+
+@dataclass
+class EvalConfig:
+    """The `eval` section: the protocol an evaluation follows (`resolve_protocol`)."""
+
+    batch_size: int = 64
+    num_examples: Optional[int] = None     # None: the whole split (or subset); lm-eval: its `limit`
+    protocol: str = "experiment"           # experiment (the experiment's sampler and prompts) | papers (the
+                                           # releases': lengths, steps, prompts, subset, lm-eval)
+    lengths: Optional[list[int]] = None    # generation lengths, each reported (None: the protocol's)
+    steps: Optional[int] = None            # denoising steps at every length (None: the protocol's rule)
+    block_length: Optional[int] = None     # None: 32 (papers) or sampler.block_length (experiment)
+    subset: Optional[int] = None           # examples drawn at random from the data (None: papers 256, else all)
+    subset_seed: int = 42                  # the releases' numpy seed for that draw
+    prompts: str = "gdsd"                  # papers' sudoku / countdown prompts: gdsd (GDSD, ESPO) | d1 (d1, SPG, ...)
+    num_samples: int = 1                   # completions per prompt; > 1 (at sampler.temperature > 0): pass@k
+    pass_at: Optional[list[int]] = None    # the k of pass@k (None: 1, 2, 4, ... and num_samples)
+    checkpoint: str = "final"              # final | best_val | best_test (optimistic: picked on the test set)
+    lm_eval_tasks: Optional[list[str]] = None   # lm-eval task names or YAML files (None: the papers' tasks)
+    fewshot: Optional[int] = None          # lm-eval few-shot count (None: each task's own)
+    num_mc: int = 128                      # lm-eval loglikelihood requests: Monte-Carlo ELBO masks
+
+    def problems(self, cfg: DictConfig) -> list[str]:
+        """One sentence for each `eval` setting that no evaluation could accept, whatever the model
+        (checked when the experiment loads, before training too); `resolve_protocol` adds the rules
+        of each protocol and generation length."""
+        problems = []
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.checkpoint not in CHECKPOINT_RULES:
+            problems.append(f"eval.checkpoint must be one of {', '.join(CHECKPOINT_RULES)}, got {self.checkpoint!r}")
+        if self.prompts not in PROMPT_FAMILIES:
+            problems.append(f"eval.prompts must be one of {', '.join(PROMPT_FAMILIES)}, got {self.prompts!r}")
+        if self.num_samples < 1:
+            problems.append(f"eval.num_samples must be at least 1, got {self.num_samples}")
+        elif self.num_samples > 1 and cfg.sampler.temperature <= 0:
+            problems.append(f"eval.num_samples={self.num_samples} needs sampler.temperature > 0 (greedy samples are "
+                            "identical)")
+        if self.lm_eval_tasks and self.protocol == "experiment":
+            problems.append("eval.lm_eval_tasks needs eval.protocol=papers (the experiment protocol scores with the "
+                            "task's own metrics)")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -89,11 +137,10 @@ class Protocol:
     def sampled(self) -> bool:
         return self.sampler["temperature"] > 0
 
-    def sampler_at(self, length: int) -> DictConfig:
-        """The sampler section (generation.sample's input) at generation length `length`."""
-        settings = {**self.sampler, "gen_length": length, "steps": self.steps[length],
-                    "block_length": self.block_length or length}
-        return OmegaConf.create(settings)
+    def sampler_at(self, length: int) -> SamplerConfig:
+        """The sampler (generation.sample's input) at generation length `length`."""
+        return SamplerConfig(**self.sampler, gen_length=length, steps=self.steps[length],
+                             block_length=self.block_length or length)
 
     def record(self) -> dict:
         """The whole protocol, as written into summary.json and the generations file."""
@@ -110,7 +157,7 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
     """The protocol an evaluation of `cfg` follows; one sentence naming the key when the settings
     do not fit together."""
     e, s, task = cfg.eval, cfg.sampler, cfg.task.name
-    problems = eval_problems(cfg)
+    problems = EvalConfig(**OmegaConf.to_container(e)).problems(cfg)
     if e.protocol not in PROTOCOLS:
         raise UserError("; ".join(problems))
     # every sampler setting but the ones each generation length sets (sampler_at)
@@ -146,7 +193,7 @@ def resolve_protocol(cfg: DictConfig) -> Protocol:
                         tuple(e.pass_at or default_pass_at(e.num_samples)) if e.num_samples > 1 else (), e.checkpoint,
                         prompts, subset, e.num_examples, lm_eval_tasks, e.fewshot, e.num_mc, e.batch_size, notes)
     for n in lengths:
-        at_length = sampler_problems(protocol.sampler_at(n))
+        at_length = protocol.sampler_at(n).problems()
         if at_length:
             problems.append(f"at generation length {n} (eval.lengths, eval.steps, eval.block_length): "
                             + "; ".join(at_length))

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gdsd_lightning.bench import SAMPLER_MODES, bench_scale, forward_flops, sampler_flops, stand_in
+from gdsd_lightning.commands.bench import SAMPLER_MODES, bench_scale, forward_flops, sampler_flops, stand_in
 from gdsd_lightning.diffusion.sampler import block_sample
 from gdsd_lightning.objectives import RL_METHODS
 
@@ -55,7 +55,7 @@ def test_mfu_section_reports_time_rates_and_mfu_against_the_peak():
 
 
 def test_bench_modes_refuses_an_unknown_mode_in_one_sentence(tmp_path):
-    from gdsd_lightning.bench import bench
+    from gdsd_lightning.commands.bench import bench
     from gdsd_lightning.errors import UserError
 
     with pytest.raises(UserError, match=r"^--modes: unknown sampler mode\(s\) 'prefix'; known: exact, "):
@@ -64,7 +64,7 @@ def test_bench_modes_refuses_an_unknown_mode_in_one_sentence(tmp_path):
 
 
 def test_the_trained_bases_table_has_a_row_per_mode_asked_for():
-    from gdsd_lightning.bench import trained_bases_table
+    from gdsd_lightning.commands.bench import trained_bases_table
 
     result = {"naive": {"accuracy": 0.5, "seconds": 2.0},
               "exact": {"accuracy": 0.5, "seconds": 1.0, "speedup_over_naive": 2.0, "accuracy_delta_points": 0.0},

@@ -9,9 +9,10 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gdsd_lightning.cli import main
-from gdsd_lightning.config import PROJECT_ROOT, load_experiment
+from gdsd_lightning.config import PROJECT_ROOT
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.train import train
+from gdsd_lightning.commands.train import train
 from tests.conftest import rl_overrides
 
 MAKE_TO_COMMAND = {"data": "make-data"}          # make targets whose CLI command has another name
@@ -81,11 +82,9 @@ def test_every_make_target_is_phony():
     assert targets == set(re.search(r"^\.PHONY: (.*)$", makefile, re.M).group(1).split())
 
 
-def test_the_package_import_graph_has_no_cycle():
-    """Every import of a gdsd_lightning module, at module level or inside a function, is an edge;
-    graphlib refuses a cycle (the training routine once lived in cli.py and compare imported it back)."""
+def import_graph() -> dict[str, set[str]]:
+    """Every import of a gdsd_lightning module, at module level or inside a function: module -> modules."""
     import ast
-    from graphlib import TopologicalSorter
 
     package = PROJECT_ROOT / "gdsd_lightning"
     modules = {".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__"): path
@@ -99,4 +98,55 @@ def test_the_package_import_graph_has_no_cycle():
             elif isinstance(node, ast.Import):
                 imported |= {a.name for a in node.names} & modules.keys()
         graph[module] = imported - {module}
-    TopologicalSorter(graph).prepare()      # raises graphlib.CycleError naming the cycle
+    return graph
+
+
+def test_the_package_import_graph_has_no_cycle():
+    """graphlib refuses a cycle (the training routine once lived in cli.py and compare imported it back)."""
+    from graphlib import TopologicalSorter
+
+    TopologicalSorter(import_graph()).prepare()      # raises graphlib.CycleError naming the cycle
+
+
+# docs/architecture.md, "Layers": a module imports modules of its own layer and of those below, never above
+LAYERS = [("errors", "metrics", "hub", "config", "runs"), ("tasks", "models", "lm_eval_tasks"),
+          ("diffusion", "data", "callbacks", "checkpoints"), ("objectives", "generation", "protocol"), ("module",),
+          ("experiment",), ("commands",), ("cli", "__main__")]
+
+
+def test_no_module_imports_a_layer_above_it():
+    layer = {name: level for level, names in enumerate(LAYERS) for name in names}
+    part = lambda module: module.split(".")[1]     # noqa: E731  gdsd_lightning.<part>[.<module>]
+    graph = {m: deps for m, deps in import_graph().items() if m != "gdsd_lightning"}
+    assert {part(m) for m in graph} == set(layer), "a module of the package is in no layer of LAYERS"
+    upward = [f"{m} -> {d}" for m, deps in graph.items() for d in deps if d != "gdsd_lightning"
+              and layer[part(d)] > layer[part(m)]]
+    assert not upward, f"imports that point up the layers: {upward}"
+    doc = (PROJECT_ROOT / "docs" / "architecture.md").read_text()
+    assert all(f"`{name}" in doc for name in layer), "docs/architecture.md does not name every layer's modules"
+
+
+def test_every_command_runs_a_function_that_exists():
+    import importlib
+
+    from gdsd_lightning.cli import COMMANDS
+
+    for name, command in COMMANDS.items():
+        module, function = command.run.split(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), name
+
+def test_the_progress_bar_shows_the_step_against_max_steps_and_no_logger_version(tmp_path):
+    """`make train` once showed `Epoch 0/-2` (max_epochs=-1: the run ends at max_steps) and
+    `v_num: oard` (the tail of the tensorboard/ directory's name)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from gdsd_lightning.callbacks import ProgressBar
+
+    bar = ProgressBar()
+    trainer = SimpleNamespace(loggers=[TensorBoardLogger(save_dir=str(tmp_path), name="", version="tensorboard")],
+                              progress_bar_metrics={"train/loss": 0.5}, global_step=3, max_steps=200, max_epochs=-1)
+    assert bar.get_metrics(trainer, None) == {"step": "3/200", "train/loss": 0.5}
+    bar._trainer = trainer
+    assert bar._get_train_description(0).strip() == "Epoch 0"

@@ -119,8 +119,8 @@ def test_the_fraction_of_rollout_completions_caught_by_a_check_reaches_tensorboa
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from gdsd_lightning import module
-    from gdsd_lightning.train import train
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.commands.train import train
+    from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.tasks.sudoku import Sudoku
     from tests.conftest import rl_overrides
 

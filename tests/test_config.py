@@ -1,7 +1,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from gdsd_lightning.config import list_experiments, load_experiment
+from gdsd_lightning.config import list_experiments
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
 
 
@@ -78,7 +79,7 @@ def test_command_line_extends_merges_a_file_before_the_overrides():
 
 
 def test_compare_gives_every_method_the_shared_schedule_and_keeps_each_methods_own_settings():
-    from gdsd_lightning.compare import SHARED_SCHEDULE
+    from gdsd_lightning.commands.compare import SHARED_SCHEDULE
 
     demo = load_experiment("gdsd_tiny_sudoku")                     # `make train`'s default
     assert demo.method.beta == 0.05 and demo.optim.scheduler == "cosine"
@@ -107,7 +108,8 @@ def test_configuration_doc_names_every_key():
     (sections or objectives) without a row there fails here."""
     from dataclasses import MISSING, fields, is_dataclass
 
-    from gdsd_lightning.config import PROJECT_ROOT, ExperimentConfig
+    from gdsd_lightning.config import PROJECT_ROOT
+    from gdsd_lightning.experiment import ExperimentConfig
     from gdsd_lightning.objectives import OBJECTIVES
 
     doc = (PROJECT_ROOT / "docs" / "configuration.md").read_text()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.data import load_split
 from gdsd_lightning.tasks import get_task
 from gdsd_lightning.tasks.sudoku import is_valid_solution, rule_solver

@@ -81,8 +81,8 @@ def test_prepare_gives_pure_reward_weights_when_policy_and_reference_agree(tiny_
 
 
 def test_dmpo_trains_and_refuses_odd_replicates(tmp_path, varied_reward):
-    from gdsd_lightning.train import train
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.commands.train import train
+    from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.errors import UserError
     from tests.conftest import rl_overrides
 
@@ -96,6 +96,6 @@ def test_dmpo_trains_and_refuses_odd_replicates(tmp_path, varied_reward):
 def test_dmpo_references_the_fixed_base_as_the_release():
     """The release scores the reference with the LoRA adapters disabled (dmpo_trainer.py:252): the
     base, never refreshed, whatever run_dmpo.sh's sync flags say."""
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.experiment import load_experiment
 
     assert load_experiment("dmpo_tiny_sudoku").trainer.ref_sync_every_n_steps == 0

@@ -78,7 +78,8 @@ def test_reverse_kl_with_the_elementwise_clamp_matches_a_hand_value():
 
 def _rollout(tiny_llada, overrides, correct):
     """A d-OPSD objective and a 3-row rollout of 16 tokens in two blocks of 8."""
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.experiment import load_experiment
+    from gdsd_lightning.diffusion.sampler import SamplerConfig
     from gdsd_lightning.generation import sample
     from gdsd_lightning.objectives import OBJECTIVES
     from gdsd_lightning.objectives.base import RolloutBatch
@@ -86,7 +87,8 @@ def _rollout(tiny_llada, overrides, correct):
     cfg = load_experiment("dopsd_tiny_countdown", ["method.gate_min_reward=null", "sampler.block_length=8",
                                                     *overrides])   # gate on `correct`
     ids, mask = tiny_llada.encode_prompts(["12\n", "3456\n", "7\n"])
-    out = sample(tiny_llada, ids, mask, cfg.sampler, 1.0, generator_for(0), record_states=True)
+    out = sample(tiny_llada, ids, mask, SamplerConfig.of(cfg.sampler).at(temperature=1.0), generator_for(0),
+                 record_states=True)
     batch = RolloutBatch(ids, mask, out.completions, torch.ones_like(out.completions, dtype=torch.bool),
                          torch.zeros(3), torch.zeros(3), seed=1, group_size=1, correct=torch.tensor(correct))
     batch.extras.update(states=torch.stack(out.states, 1), state_blocks=torch.tensor(out.state_blocks).expand(3, -1))
@@ -121,8 +123,8 @@ def test_a_policy_teacher_is_the_policy_at_the_step_that_uses_the_state(tiny_lla
 
 
 def test_a_rollout_that_fails_the_gate_still_steps_on_a_zero_loss_unless_skip_gated(tmp_path, monkeypatch):
-    from gdsd_lightning.train import train
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.commands.train import train
+    from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.errors import UserError
     from gdsd_lightning.models import DiffusionLM
     from gdsd_lightning.models.build import build_policy
@@ -149,7 +151,7 @@ def test_a_rollout_that_fails_the_gate_still_steps_on_a_zero_loss_unless_skip_ga
 
 
 def test_passk_keeps_the_first_correct_else_the_last_or_the_best_with_ties_to_the_later(monkeypatch):
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.models.build import build_policy
     from gdsd_lightning.module import DiffusionRLModule
     from gdsd_lightning.tasks import get_task

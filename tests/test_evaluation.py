@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.evaluate import evaluate, pick_best_on_test
+from gdsd_lightning.commands.evaluate import evaluate, pick_best_on_test
 from gdsd_lightning.metrics import pass_at_k, pass_at_k_mean
 from gdsd_lightning.protocol import MINERVA_SUBJECTS, resolve_protocol
 from gdsd_lightning.tasks import release_eval
@@ -184,7 +184,7 @@ def test_papers_protocol_on_sudoku_records_the_protocol_and_pools_the_cells(tmp_
 
 
 def test_papers_sudoku_accuracy_pools_cells_and_pass_at_k_counts_solved_prompts():
-    from gdsd_lightning.evaluate import aggregate
+    from gdsd_lightning.commands.evaluate import aggregate
     from gdsd_lightning.tasks import get_task
 
     protocol = resolve_protocol(load_experiment("gdsd_llada_sudoku", ["sampler.temperature=1", "eval.num_samples=2"]))
@@ -332,7 +332,7 @@ def test_sandboxed_tasks_keep_lm_eval_prompts():
     import lm_eval
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from gdsd_lightning.lm_eval_model import HUB_DATA, TASKS_DIR
+    from gdsd_lightning.commands.lm_eval_model import HUB_DATA, TASKS_DIR
 
     theirs = Path(lm_eval.__file__).parent / "tasks"
     for name in ("humaneval", "mbpp"):
@@ -347,7 +347,7 @@ def test_sandboxed_tasks_keep_lm_eval_prompts():
 
 
 def test_a_hub_task_offline_fails_in_seconds_with_one_sentence(tmp_path, monkeypatch, capsys):
-    from gdsd_lightning import lm_eval_model
+    from gdsd_lightning.commands import lm_eval_model
     from gdsd_lightning.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -365,7 +365,7 @@ def test_a_hub_task_offline_fails_in_seconds_with_one_sentence(tmp_path, monkeyp
 
 
 def test_generate_until_cuts_at_stop_sequences_and_drops_special_tokens(tiny_llada):
-    from gdsd_lightning.lm_eval_model import DiffusionHarnessLM, cut_at_stops
+    from gdsd_lightning.commands.lm_eval_model import DiffusionHarnessLM, cut_at_stops
 
     tokenizer = tiny_llada.tokenizer
     assert cut_at_stops(tokenizer, "12 + 3<eos><eos>Q: next", ["Q:"]) == "12 + 3"
@@ -382,7 +382,7 @@ def test_generate_until_cuts_at_stop_sequences_and_drops_special_tokens(tiny_lla
     ({"gen_length": 8, "steps": 4, "block_length": 3}, r"sampler.block_length \(3\) must divide"),
 ])
 def test_lm_eval_model_args_get_the_experiments_sampler_rules(tiny_llada, model_args, phrase):
-    from gdsd_lightning.lm_eval_model import DiffusionHarnessLM
+    from gdsd_lightning.commands.lm_eval_model import DiffusionHarnessLM
 
     with pytest.raises(UserError, match=f"model_args do not fit together.*{phrase}"):
         DiffusionHarnessLM(policy=tiny_llada, **model_args)
@@ -391,7 +391,7 @@ def test_lm_eval_model_args_get_the_experiments_sampler_rules(tiny_llada, model_
 def test_lora_checkpoints_load_as_saved_here_or_as_adapter_directories(tmp_path):
     """A LoRA model saved by this harness (path=) and the same adapters on their base (lora=, the
     releases' checkpoint folders) give the same greedy completions as the model in memory."""
-    from gdsd_lightning.lm_eval_model import DiffusionHarnessLM
+    from gdsd_lightning.commands.lm_eval_model import DiffusionHarnessLM
     from gdsd_lightning.models import DiffusionLM
     from gdsd_lightning.models.lora import add_lora
 
@@ -415,7 +415,7 @@ def test_loglikelihood_of_one_token_is_exact(tiny_llada):
     """With one continuation token the coupled ELBO has no variance: the stratified masks mask it
     (t = 1/2, weight 1/2 / t) or keep it (its complement masks it, t_bar = 1/2), so every row gives
     log p(x | context, [MASK]) -- computed here by hand from one forward."""
-    from gdsd_lightning.lm_eval_model import DiffusionHarnessLM
+    from gdsd_lightning.commands.lm_eval_model import DiffusionHarnessLM
 
     lm = DiffusionHarnessLM(policy=tiny_llada, num_mc=4, mc_batch_size=3)
     prefix, target = lm.encode_pair("Q: 7", "2")
@@ -430,7 +430,7 @@ def test_loglikelihood_of_one_token_is_exact(tiny_llada):
 
 # ---- report ---------------------------------------------------------------------------------
 def test_report_puts_our_numbers_beside_the_published_ones(tmp_path):
-    from gdsd_lightning.report import report
+    from gdsd_lightning.commands.report import report
 
     sudoku, _, model = write_fixtures(tmp_path)
     cfg = load_experiment("tiny_sudoku_sft", [*SMALL, "eval.protocol=papers", "eval.lengths=[32]", "eval.subset=2"])
@@ -452,16 +452,30 @@ def test_report_puts_our_numbers_beside_the_published_ones(tmp_path):
 
 @pytest.mark.slow
 def test_lm_evals_own_command_line_runs_our_model(tmp_path):
-    """`python -m gdsd_lightning.lm_eval_cli --model gdsd_lightning ...`, lm-eval's command line,
+    """`python -m gdsd_lightning.commands.lm_eval_cli --model gdsd_lightning ...`, lm-eval's command line,
     with a local task file and the sandboxed HumanEval (about a minute: lm-eval indexes its tasks)."""
     data = tmp_path / "arithmetic.jsonl"
     data.write_text('{"question": "2 plus 3?", "answer": "#### 5"}\n')
     (tmp_path / "arithmetic.yaml").write_text(LOCAL_TASK.format(data=data))
     make_tiny().save(tmp_path / "model")
-    done = subprocess.run([sys.executable, "-m", "gdsd_lightning.lm_eval_cli", "--model", "gdsd_lightning",
+    done = subprocess.run([sys.executable, "-m", "gdsd_lightning.commands.lm_eval_cli", "--model", "gdsd_lightning",
                            "--model_args", f"path={tmp_path / 'model'},gen_length=16,steps=8,block_length=16",
                            "--tasks", f"{tmp_path / 'arithmetic.yaml'},humaneval", "--limit", "1", "--device", "cpu",
                            "--output_path", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"\|humaneval *\|", done.stdout) and re.search(r"\|tiny_arithmetic *\|", done.stdout)
     assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_model_args_are_parsed_once_into_a_sampler_config():
+    """lm-eval hands the model_args over as strings (or its own guesses of their types); they become one
+    SamplerConfig, over the releases' lm-eval defaults, and the Dream sampler decodes one block."""
+    from gdsd_lightning.commands.lm_eval_model import sampler_from_model_args
+    from gdsd_lightning.diffusion.sampler import SamplerConfig
+
+    block = sampler_from_model_args("block", {"gen_length": "64", "steps": "32", "fast_threshold": "",
+                                              "kv_cache": "prefix", "temperature": "0.5"})
+    assert block == SamplerConfig(kind="block", gen_length=64, steps=32, block_length=32, temperature=0.5,
+                                  kv_cache="prefix")
+    assert sampler_from_model_args("dream", {}) == SamplerConfig(kind="dream", gen_length=256, steps=128,
+                                                                 block_length=256)

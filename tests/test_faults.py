@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from gdsd_lightning.train import train
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.commands.train import train
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.models import DiffusionLM
 from tests.conftest import rl_overrides, weights

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from gdsd_lightning.train import train
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.commands.train import train
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.models import DiffusionLM
 from tests.conftest import make_tiny, rl_overrides
-from tests.published_checkpoints import write_dream, write_llada
+from gdsd_lightning.models.toy_checkpoints import write_dream, write_llada
 
 
 def clean_env() -> dict:

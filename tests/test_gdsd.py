@@ -48,7 +48,7 @@ def test_group_advantages_by_hand():
 
 
 def test_gdsd_tlc_scores_with_the_coupled_elbo_and_centring_is_a_no_op(tiny_llada):
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.diffusion.estimators import completion_logprobs, coupled_elbo, coupled_logprobs
     from gdsd_lightning.diffusion.masking import generator_for, stratified_mask
     from gdsd_lightning.objectives import OBJECTIVES
@@ -104,7 +104,7 @@ def test_attend_padding_scores_a_device_batch_as_the_release_cut_to_its_own_widt
 
 @pytest.mark.parametrize("attend", [False, True])
 def test_attend_padding_scores_with_the_prompt_padding_attended_as_the_release(attend):
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.models.build import build_policy
     from gdsd_lightning.module import DiffusionRLModule
     from gdsd_lightning.tasks import get_task

@@ -15,10 +15,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gdsd_lightning.train import train
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.commands.train import train
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.models.build import build_policy
-from tests.published_checkpoints import write_llada
+from gdsd_lightning.models.toy_checkpoints import write_llada
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -67,7 +67,7 @@ def test_fsdp_bf16_gdsd_steps_on_a_1b_checkpoint_in_llada_format(tmp_path):
 
 
 def test_bench_mfu_section_on_the_gpu():
-    from gdsd_lightning.bench import QUICK_SCALE, SCALE_LOSS, SCALE_MODEL, SCALE_SAMPLER, bench_scale, peak_tflops
+    from gdsd_lightning.commands.bench import QUICK_SCALE, SCALE_LOSS, SCALE_MODEL, SCALE_SAMPLER, bench_scale, peak_tflops
 
     peak = peak_tflops(torch.cuda.get_device_name()) or 100.0
     result = bench_scale("cuda", peak, SCALE_MODEL, {**SCALE_LOSS, **QUICK_SCALE["loss"]},

@@ -12,12 +12,12 @@ from safetensors import safe_open
 from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from gdsd_lightning.cli import main
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models import FAMILIES, DiffusionLM
 from gdsd_lightning.models.build import build_policy
 from gdsd_lightning.models.lora import add_lora
-from tests.published_checkpoints import DREAM_CONFIG, LLADA_CONFIG, write_dream, write_llada
+from gdsd_lightning.models.toy_checkpoints import DREAM_CONFIG, LLADA_CONFIG, write_dream, write_llada
 
 
 def llada_reference_logits(tensors: dict, config: dict, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:

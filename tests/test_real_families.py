@@ -12,7 +12,8 @@ import torch
 
 from gdsd_lightning import hub
 from gdsd_lightning.cli import main
-from gdsd_lightning.config import list_experiments, load_experiment
+from gdsd_lightning.config import list_experiments
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.generation import prompt_texts
 from gdsd_lightning.models import DiffusionLM

@@ -4,7 +4,7 @@ facebookresearch/SPG spg/slurm_scripts/, xingzhejun/d-opsd-code d-opsd/run/)."""
 
 import pytest
 
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 
 
 def completions_per_step(cfg) -> int:
@@ -71,7 +71,7 @@ def test_dopsd_recipes_keep_the_release_passk_and_gate_rules():
 def test_compare_recipe_mu_runs_dopsd_at_the_release_batch_divide():
     """`compare --mu recipe` takes each method's Config default; d-OPSD's is BATCH_DIVIDE=4 of every
     release script (d-opsd/run/{sudoku,countdown,gsm,math}/opsd.sh), not the Config class's 1."""
-    from gdsd_lightning.compare import recipe_mu_overrides
+    from gdsd_lightning.commands.compare import recipe_mu_overrides
 
     assert recipe_mu_overrides("dopsd_tiny_sudoku", [])[0] == "method.num_iterations=4"
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from gdsd_lightning.config import list_experiments, load_experiment
+from gdsd_lightning.config import list_experiments
+from gdsd_lightning.experiment import load_experiment
 
 TABLE = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent / "fixtures" / "release_recipes.yaml"))
 PUBLISHED = [name for name in list_experiments() if "_llada_" in name or "_dream_" in name]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.experiment import load_experiment
 
 
 def rollout_module(*overrides):

@@ -9,16 +9,17 @@ import math
 import pytest
 import torch
 
-from gdsd_lightning.config import load_experiment, rollout_sampler
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.diffusion.sampler import block_sample, step_mismatch
 from gdsd_lightning.errors import UserError
+from gdsd_lightning.module import rollout_sampler
 from gdsd_lightning.objectives.base import importance_weights
 from gdsd_lightning.objectives.diffu_grpo import diffu_grpo_loss
 from gdsd_lightning.objectives.espo import espo_loss
 from gdsd_lightning.objectives.gdsd import gdsd_loss
 from gdsd_lightning.objectives.spg import spg_loss
-from gdsd_lightning.train import train
+from gdsd_lightning.commands.train import train
 from tests.conftest import make_tiny, rl_overrides
 
 PROMPTS = ["12 34 ", "4 3 2 1 "]
@@ -127,8 +128,9 @@ def test_rollout_sampler_sets_fast_mode_for_the_rollouts_only():
     fast = rollout_sampler(cfg)
     assert (fast.kv_cache, fast.fast_threshold) == (True, 0.9)
     assert (cfg.sampler.kv_cache, cfg.sampler.fast_threshold) == (False, None)     # evaluation stays exact
-    assert {k: v for k, v in fast.items() if k not in ("kv_cache", "fast_threshold")} == \
-        {k: v for k, v in cfg.sampler.items() if k not in ("kv_cache", "fast_threshold")}
+    assert {k: v for k, v in vars(fast).items() if k not in ("kv_cache", "fast_threshold", "temperature")} == \
+        {k: v for k, v in cfg.sampler.items() if k not in ("kv_cache", "fast_threshold", "temperature")}
+    assert fast.temperature == cfg.rollout.temperature                # the rollouts' own temperature
     with pytest.raises(UserError, match="sampler.kv_cache cannot be used with dopsd"):
         load_experiment("dopsd_tiny_sudoku", ["rollout.sampler.kv_cache=true"])
 

@@ -202,7 +202,7 @@ def test_block_sampler_rejects_bad_block_layout(tiny_llada):
 
 
 def test_exact_sampler_matches_the_naive_published_loop_greedily(tiny_llada):
-    from gdsd_lightning.bench import naive_block_sample
+    from gdsd_lightning.commands.bench import naive_block_sample
 
     ids, mask = tiny_llada.encode_prompts(PROMPTS)
     ours = block_sample(tiny_llada, ids, mask, 8, 4, 4, temperature=0.0).completions

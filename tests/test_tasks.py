@@ -266,7 +266,7 @@ def test_null_data_dir_reads_the_published_data_set(monkeypatch):
 
 
 def test_recipes_carry_the_releases_prompt_settings():
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.experiment import load_experiment
 
     for name, length, release in (("gdsd_llada_gsm8k", 400, "gdsd"), ("gdsd_dream_countdown", 400, "gdsd"),
                                   ("espo_llada_math", 400, "gdsd"), ("diffu_grpo_llada_sudoku", 200, "gdsd"),

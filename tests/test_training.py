@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gdsd_lightning.cli import main
-from gdsd_lightning.train import train
-from gdsd_lightning.config import load_experiment
+from gdsd_lightning.commands.train import train
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.models import DiffusionLM
 from gdsd_lightning.models.build import build_policy
 from tests.conftest import SMALL, rl_overrides, weights

@@ -3,16 +3,91 @@
 `block_sample`: LLaDA's semi-autoregressive low-confidence sampler. `dream_sample`: Dream's
 whole-sequence entropy sampler. Both start from the prompt followed by L mask tokens, commit a
 scheduled number of tokens per step, and can record every intermediate state (d-OPSD).
+`SamplerConfig` is the `sampler` section of an experiment and the rules its settings obey; one
+configuration is passed whole to `generation.sample` (rollouts: the section at rollout.temperature).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional
 
 import torch
 
 from gdsd_lightning.diffusion.estimators import with_prompt
 from gdsd_lightning.models.adapter import DiffusionLM
+
+
+@dataclass
+class SamplerConfig:
+    """The `sampler` section: which sampler, its schedule and its fast mode (docs/sampling.md)."""
+
+    kind: str = "block"                    # block (LLaDA) | dream
+    gen_length: int = 16
+    block_length: int = 16
+    steps: int = 8
+    temperature: float = 0.0
+    remasking: str = "low_confidence"      # low_confidence | random
+    top_p: float = 0.95                    # dream sampler only
+    eps: float = 1e-3                      # dream sampler only
+    fast_threshold: Optional[float] = None # fast mode (block sampler): also commit every proposal above this
+                                           # confidence each step; None: the exact schedule only (default)
+    kv_cache: Any = False                  # fast mode (block sampler): true / dual: within a block, run only the
+                                           # block's tokens against cached keys/values of the rest; prefix: run the
+                                           # block and its suffix against the cached prefix (Fast-dLLM's; approximate)
+    kv_refresh_every: Optional[int] = None # with kv_cache: also rebuild the cache every n steps of a block
+                                           # (fresher keys, fewer cached steps); None: once per block
+    gumbel_dtype: str = "float64"          # block sampler's Gumbel noise: float64 | model (the upstream
+                                           # trainers: the logits' dtype, bf16 for the real models)
+
+    @classmethod
+    def of(cls, section) -> "SamplerConfig":
+        """The settings of a `sampler` section (a config node, a mapping, or already a SamplerConfig)."""
+        if isinstance(section, cls):
+            return section
+        return cls(**{f.name: section[f.name] for f in fields(cls) if f.name in section})
+
+    def at(self, **changes) -> "SamplerConfig":
+        """The same settings with `changes` (e.g. the rollout's temperature, an evaluation's length)."""
+        return replace(self, **changes)
+
+    def problems(self, cfg=None) -> list[str]:
+        """One sentence for each setting the samplers cannot run, naming its sampler.* key (the
+        experiment's section, an evaluation length's, lm-eval's model_args)."""
+        problems = []
+        if self.kind not in ("block", "dream"):
+            problems.append(f"sampler.kind must be 'block' or 'dream', got {self.kind!r}")
+        if self.gumbel_dtype not in ("float64", "model"):
+            problems.append(f"sampler.gumbel_dtype must be 'float64' or 'model', got {self.gumbel_dtype!r}")
+        if self.block_length < 1 or self.gen_length % self.block_length:
+            problems.append(f"sampler.block_length ({self.block_length}) must divide sampler.gen_length "
+                            f"({self.gen_length})")
+        elif self.steps % (self.gen_length // self.block_length):
+            problems.append(f"sampler.steps ({self.steps}) must be a multiple of the number of blocks "
+                            f"({self.gen_length // self.block_length})")
+        if self.steps < 1 or self.steps > self.gen_length:
+            problems.append(f"sampler.steps must be in 1..gen_length ({self.gen_length}), got {self.steps}")
+        if self.remasking not in ("low_confidence", "random"):
+            problems.append(f"sampler.remasking must be 'low_confidence' or 'random', got {self.remasking!r}")
+        if self.kv_cache not in (False, True, "dual", "prefix"):
+            problems.append(f"sampler.kv_cache must be false, true (dual), 'dual' or 'prefix', got {self.kv_cache!r}")
+        if self.fast_threshold is not None and not (0.0 < self.fast_threshold <= 1.0):
+            problems.append(f"sampler.fast_threshold must be in (0, 1], got {self.fast_threshold}")
+        fast = [f"sampler.{key}" for key in ("fast_threshold", "kv_cache") if getattr(self, key) not in (None, False)]
+        if fast and self.kind != "block":
+            problems.append(f"{' and '.join(fast)}: fast mode exists for the block sampler only, not "
+                            f"sampler.kind={self.kind}")
+        if self.fast_threshold is not None and self.remasking != "low_confidence":
+            problems.append("sampler.fast_threshold ranks by confidence: it needs sampler.remasking=low_confidence")
+        if self.kv_refresh_every is not None and (not self.kv_cache or self.kv_refresh_every < 1):
+            problems.append(f"sampler.kv_refresh_every must be a positive number of steps and needs "
+                            f"sampler.kv_cache=true, got {self.kv_refresh_every} with kv_cache={self.kv_cache}")
+        return problems
+
+    @property
+    def fast(self) -> bool:
+        """Whether this is the block sampler's fast mode (the KV cache or the threshold)."""
+        return self.kind == "block" and (bool(self.kv_cache) or self.fast_threshold is not None)
 
 
 @dataclass
@@ -140,7 +215,7 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
                  threshold: float | None = None, kv_cache: bool | str = False,
                  kv_refresh_every: int | None = None, gumbel_dtype: str = "float64",
                  measure_mismatch: bool = False) -> SampleOutput:
-    """LLaDA block sampler.
+    """LLaDA block sampler; settings that SamplerConfig.problems refuses raise a ValueError.
 
     The L completion masks form L/block_length blocks, decoded left to right with
     steps/num_blocks steps each. Per step: x0 = Gumbel-max sample at temperature tau (argmax at
@@ -173,18 +248,14 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
     with, and whether the exact sampler would not have committed it there (`step_mismatch`); with
     the cache, a cached step costs one uncached forward more (not counted in `forwards`).
     """
-    if gen_length % block_length or steps % (gen_length // block_length):
-        raise ValueError("block_length must divide gen_length and the block count must divide steps")
-    if threshold is not None and remasking != "low_confidence":
-        raise ValueError("fast mode (threshold) ranks by confidence: use remasking='low_confidence'")
+    problems = SamplerConfig("block", gen_length, block_length, steps, temperature, remasking, fast_threshold=threshold,
+                             kv_cache=kv_cache, kv_refresh_every=kv_refresh_every, gumbel_dtype=gumbel_dtype).problems()
+    if problems:
+        raise ValueError("; ".join(problems))
     prompt_len, device = prompt_ids.shape[1], prompt_ids.device
     x, attention = start_sequence(model, prompt_ids, prompt_mask, gen_length)
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
-    if kv_cache not in (False, True, "dual", "prefix"):
-        raise ValueError(f"unknown kv_cache {kv_cache!r}; use false, true / dual or prefix")
-    if gumbel_dtype not in ("float64", "model"):
-        raise ValueError(f"unknown gumbel_dtype {gumbel_dtype!r}; use float64 or model")
     out = SampleOutput(completions=x[:, prompt_len:])
     if measure_mismatch:
         out.log_ratio, out.reranked = torch.zeros(x.shape[0], gen_length, device=device), \
@@ -219,10 +290,8 @@ def block_sample(model: DiffusionLM, prompt_ids: torch.Tensor, prompt_mask: torc
             proposal = gumbel_argmax(logits, temperature, generator, uniform, noise_dtype)
             if remasking == "low_confidence":
                 confidence = proposal_confidence(logits, proposal, gumbel_dtype, raw.dtype)
-            elif remasking == "random":
+            else:                               # random (SamplerConfig.problems refuses any other)
                 confidence = uniform_at(slots, block_shape, generator)
-            else:
-                raise ValueError(f"unknown remasking {remasking!r}; use low_confidence or random")
             confidence = torch.where(open_slots, confidence, torch.full_like(confidence, -torch.inf))
             commit = top_k_mask(confidence, schedule[:, step])
             if threshold is not None:           # the schedule may ask for more masks than are left

@@ -3,7 +3,9 @@ local copy), a base experiment's final model, or a freshly initialised tiny mode
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
@@ -14,6 +16,40 @@ from gdsd_lightning.models.families import FAMILIES, build_tiny_model
 from gdsd_lightning.models.lora import add_lora, has_lora
 from gdsd_lightning.models.tokenizer import build_char_tokenizer
 from gdsd_lightning.runs import latest_final_model
+
+
+@dataclass
+class ModelConfig:
+    """The `model` section: where the starting policy comes from and how it trains (build_policy)."""
+
+    family: str = "tiny-llada"             # tiny-llada | tiny-dream (built offline) | llada | dream (hub)
+    path: Optional[str] = None             # a saved model directory, or for llada/dream a hub id or local
+                                           # copy (default: the family's hub id); tiny: None builds fresh
+    init_from: Optional[str] = None        # experiment whose latest final model is the base
+    dtype: str = "float32"                 # weights as loaded: float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False   # recompute each decoder layer in the backward pass
+    lora_r: int = 0                        # LoRA rank; 0 trains the full weights
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: Optional[list[str]] = None   # default: all seven linears of each decoder layer
+    quantization: Optional[str] = None     # nf4: 4-bit NF4 base weights under LoRA (QLoRA, bitsandbytes; CUDA only)
+    attn_implementation: str = "sdpa"      # loaded weights: transformers' sdpa | flash_attention_2 | eager
+    hidden_size: int = 128                 # the tiny families' shape (ignored when loading weights)
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+
+    def problems(self, cfg=None) -> list[str]:
+        """One sentence for each model.* setting no model can be built with."""
+        problems = []
+        if self.path is not None and self.init_from is not None:
+            problems.append("set at most one of model.path and model.init_from")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            problems.append(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.lora_r < 0:
+            problems.append(f"model.lora_r must be 0 (off) or positive, got {self.lora_r}")
+        return problems
 
 
 class MissingBaseModel(UserError):

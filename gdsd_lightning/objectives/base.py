@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import ClassVar, Iterator
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 
 
@@ -87,26 +88,80 @@ class ObjectiveConfig:
                                        # prompt in a device batch, so they see no padding: masked is their release
     padding_rows: int = 0              # rows of the release's device batch, padded on its own (0: the rank's rollout)
 
+    def problems(self, cfg: DictConfig | None = None) -> list[str]:
+        """One sentence for each value of the `method` section no objective can train with (a
+        subclass adds its own fields' rules); the experiment's loader and the objective ask it."""
+        problems = []
+        if self.num_iterations < 1:
+            problems.append(f"method.num_iterations (mu) must be at least 1, got {self.num_iterations}")
+        if self.padding_rows < 0:
+            problems.append(f"method.padding_rows must be 0 (the rank's whole rollout) or a positive number of rows, "
+                            f"got {self.padding_rows}")
+        return problems
+
 
 class Objective(ABC):
+    """An RL method: its `Config` (the `method` section), what it needs from the rest of the
+    experiment (declared below as data, checked by `config_problems` when the experiment loads) and
+    its loss."""
+
     Config: ClassVar[type] = ObjectiveConfig
+    # The frozen roles the module builds for this objective, each with the method key that switches it
+    # on when positive or true ("": always). "reference": the frozen initial model (with LoRA: the
+    # policy, adapters off).
+    roles: ClassVar[dict[str, str]] = {}
     record_states: ClassVar[bool] = False   # rollouts keep every intermediate denoising state
     uses_groups: ClassVar[bool] = True      # advantages are relative to a group of G >= 2
-    kl_anchor: ClassVar[bool] = False       # the loss has a KL-to-reference term weighted by cfg.beta
+    kl_anchor: ClassVar[bool] = False       # the loss has a KL-to-reference term weighted by method.beta: the
+                                            # objective's reference is switched on by beta (make compare tunes it)
     # rollout.importance_correction: which weights the loss's rollout terms take (`importance_weights`),
     # "sequence" (one per row: a sequence-level score) or "token" (per completion token: a per-token
     # loss); None refuses the correction, `importance_refusal` saying why
     importance_level: ClassVar[str | None] = None
     importance_refusal: ClassVar[str] = "its loss has no per-row terms to weight"
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.kl_anchor = cls.roles.get("reference") == "beta"
+
     def __init__(self, cfg: DictConfig, gen_length: int):
+        section = cfg if is_dataclass(cfg) else self.Config(**OmegaConf.to_container(cfg))
+        problems = section.problems()        # the rules the experiment's loader checked (Config.problems)
+        if problems:
+            raise UserError("; ".join(problems))
         self.cfg = cfg
         self.gen_length = gen_length
 
+    @classmethod
+    def config_problems(cls, cfg: DictConfig) -> list[str]:
+        """In one sentence each, what this objective needs of the rest of the experiment `cfg` that it
+        does not get (groups, an importance correction it can weight, exact states); its own section
+        checks itself (`Config.problems`)."""
+        problems = []
+        name, rollout = cfg.method.name, cfg.rollout
+        if rollout.num_generations < 2 and cls.uses_groups:
+            problems.append("rollout.num_generations must be at least 2 (advantages are relative to the group)")
+        if rollout.importance_correction in ("tis", "mis") and cls.importance_level is None:
+            problems.append(f"rollout.importance_correction cannot be used with {name}: {cls.importance_refusal}")
+        if cls.record_states:   # d-OPSD; docs/sampling.md, "Fast rollouts in RL"
+            reasons = {"fast_threshold": "the threshold commits more than the L / steps positions it distils per "
+                                         "recorded state and ends blocks early, so states and positions disagree",
+                       "kv_cache": "the cache would record states drawn by an approximate model, off-policy for the "
+                                   "student it distils there"}
+            rollouts = lambda key: rollout.sampler.get(key, cfg.sampler[key])   # noqa: E731  (rollout.sampler wins)
+            problems += [f"sampler.{key} cannot be used with {name}: {reason}"
+                         for key, reason in reasons.items() if rollouts(key) not in (None, False)]
+        return problems
+
+    def needs(self, role: str) -> bool:
+        """Whether the module must build `role` (declared in `roles`) for this configuration."""
+        switch = self.roles.get(role)
+        return switch is not None and (switch == "" or getattr(self.cfg, switch) > 0)
+
     @property
     def needs_reference(self) -> bool:
-        """Whether the module must build the frozen reference role: for the KL anchor, when weighted."""
-        return self.kl_anchor and self.cfg.beta > 0
+        """Whether `prepare` records the reference's scores (the KL anchor, when weighted)."""
+        return self.needs("reference")
 
     @property
     def needs_old(self) -> bool:

@@ -67,7 +67,7 @@ def diffu_grpo_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torc
 
 class DiffuGRPO(Objective):
     Config = DiffuGRPOConfig
-    kl_anchor = True
+    roles = {"reference": "beta"}         # a KL anchor: the reference, built when beta > 0
     importance_level = "token"
 
     def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:

@@ -37,7 +37,6 @@ import torch
 
 from gdsd_lightning.diffusion.estimators import completion_logprobs
 from gdsd_lightning.diffusion.masking import antithetic_masks, generator_for
-from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
 
@@ -51,6 +50,15 @@ class DMPOConfig(ObjectiveConfig):
     num_replicates: int = 4            # K antithetic masks, for the rollout-time ELBO and the loss
     loss_scale: str = "groups"         # groups: the sum over rows / groups | device_batch: the release's sum
                                        # per micro-batch (= per-device batch)
+
+    def problems(self, cfg=None) -> list[str]:
+        problems = super().problems(cfg)
+        if self.alpha <= 0 or self.num_replicates < 2 or self.num_replicates % 2:
+            problems.append(f"method.alpha must be positive and method.num_replicates even and at least 2 "
+                            f"(antithetic pairs); got alpha={self.alpha}, num_replicates={self.num_replicates}")
+        if self.loss_scale not in ("groups", "device_batch"):
+            problems.append(f"method.loss_scale must be 'groups' or 'device_batch', got {self.loss_scale!r}")
+        return problems
 
 
 def dmpo_weights(rewards: torch.Tensor, log_rnd: torch.Tensor, group_size: int, alpha: float,
@@ -78,17 +86,8 @@ class DMPO(Objective):
     importance_refusal = ("its group softmax already self-normalises importance weights against the rollout "
                           "policy (logRND), so a sampler ratio would belong inside that softmax, not as a capped factor")
 
-    def __init__(self, cfg, gen_length: int):
-        super().__init__(cfg, gen_length)
-        if cfg.alpha <= 0 or cfg.num_replicates < 2 or cfg.num_replicates % 2:
-            raise UserError(f"method.alpha must be positive and method.num_replicates even and at least 2 "
-                            f"(antithetic pairs); got alpha={cfg.alpha}, num_replicates={cfg.num_replicates}")
-        if cfg.loss_scale not in ("groups", "device_batch"):
-            raise UserError(f"method.loss_scale must be 'groups' or 'device_batch', got {cfg.loss_scale!r}")
+    roles = {"reference": ""}          # always: logRND is relative to the reference
 
-    @property
-    def needs_reference(self) -> bool:
-        return True                    # logRND is relative to the reference
 
     def masked_logprobs(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:
         """(K, B) per-replicate mean log-prob of the masked tokens, under this iteration's masks."""

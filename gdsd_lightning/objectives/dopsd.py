@@ -68,6 +68,12 @@ class DOPSDConfig(ObjectiveConfig):
     skip_gated: bool = False           # False (release): failing rows keep a zero loss and the steps happen
     record_last_block: bool = False    # also train on the last block's states (the release never does)
 
+    def problems(self, cfg=None) -> list[str]:
+        problems = super().problems(cfg)
+        if self.clamp_scope not in ("element", "position"):
+            problems.append(f"method.clamp_scope must be 'element' or 'position', got {self.clamp_scope!r}")
+        return problems
+
 
 def block_layout(state_blocks: torch.Tensor, length: int) -> tuple[int, int]:
     """(number of blocks, block length) of the sampler that recorded every step's block index."""
@@ -145,15 +151,11 @@ class DOPSD(Objective):
     needs_old = False
     importance_refusal = "it distils at the sampler's recorded states, where no sequence probability is weighted"
 
+    roles = {"reference": "fixed_teacher"}   # the teacher: the frozen initial model, else the policy itself
+
     def __init__(self, cfg, gen_length: int):
         super().__init__(cfg, gen_length)
-        if cfg.clamp_scope not in ("element", "position"):
-            raise UserError(f"method.clamp_scope must be 'element' or 'position', got {cfg.clamp_scope!r}")
         self.teacher: DiffusionLM | None = None      # set by prepare: the network the loss distils from
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.cfg.fixed_teacher
 
     @torch.no_grad()
     def prepare(self, policy: DiffusionLM, reference: DiffusionLM | None, batch: RolloutBatch) -> RolloutBatch:

@@ -2,7 +2,7 @@
 
     rho  = exp((ELBO_theta - ELBO_old) / L)        ELBO = coupled ELBO averaged over K mask pairs
     loss = - mean_b w_b min(rho A, clip(rho, 1 - eps, 1 + eps) A)
-           + beta sum_b 1/2 (ELBO_theta - ELBO_ref)^2 / (B L)
+           + beta sum_b 1/2 (ELBO_theta - ELBO_ref)^2 / (B L)       (GDSD's k2 anchor: scores.with_k2_anchor)
 
 `clip_binding_fraction`: the fraction of rows whose clipped branch is the minimum (the clip binds).
 Stratified coupled masks as in GDSD-TLC (without logit centring); leave-one-out advantages. w_b:
@@ -19,7 +19,7 @@ from gdsd_lightning.diffusion.estimators import coupled_elbo
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
 from gdsd_lightning.objectives.diffu_grpo import clipped_surrogate
-from gdsd_lightning.objectives.scores import coupled_sequence_scores
+from gdsd_lightning.objectives.scores import coupled_sequence_scores, with_k2_anchor
 
 
 @dataclass
@@ -39,16 +39,12 @@ def espo_loss(elbo: torch.Tensor, elbo_old: torch.Tensor, advantages: torch.Tens
     surrogate, clipped = clipped_surrogate(rho, advantages, eps)
     loss = -(surrogate if weight is None else weight * surrogate).mean()
     metrics = {"clip_binding_fraction": clipped.float().mean(), "ratio": rho.detach().mean()}
-    if elbo_ref is not None:
-        kl = (0.5 * (elbo - elbo_ref) ** 2).sum() / (elbo.shape[0] * length)
-        loss = loss + beta * kl
-        metrics["kl_ref"] = kl.detach()
-    return loss, metrics
+    return with_k2_anchor(loss, metrics, elbo, elbo_ref, beta, length), metrics
 
 
 class ESPO(Objective):
     Config = ESPOConfig
-    kl_anchor = True
+    roles = {"reference": "beta"}         # a KL anchor: the reference, built when beta > 0
     importance_level = "sequence"
 
     def score(self, model: DiffusionLM, batch: RolloutBatch, iteration: int) -> torch.Tensor:

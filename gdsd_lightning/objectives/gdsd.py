@@ -6,7 +6,7 @@ denoiser log-ratio is regressed on that target, on the same masks for policy and
 
     r    = clamp(D_theta - D_old, log(1 - eps), log(1 + eps))            per (row, mc)
     loss = sum_{row, mc} w_row (r / L - psi A_row)^2 / B
-         + beta sum_{row, mc} 1/2 (D_theta - D_ref)^2 / (B K L)          (k2 KL to reference)
+         + beta sum_{row, mc} 1/2 (D_theta - D_ref)^2 / (B K L)          (k2 KL to reference, scores.with_k2_anchor)
 
 D is the coupled denoiser score (`denoiser_score`); GDSD-TLC uses the coupled ELBO instead and
 centres each position's logits on their detached vocabulary mean. Masks: `stratified`, one
@@ -26,7 +26,7 @@ import torch
 from gdsd_lightning.diffusion.estimators import coupled_elbo, denoiser_score
 from gdsd_lightning.models.adapter import DiffusionLM
 from gdsd_lightning.objectives.base import Objective, ObjectiveConfig, RolloutBatch
-from gdsd_lightning.objectives.scores import coupled_sequence_scores
+from gdsd_lightning.objectives.scores import coupled_sequence_scores, with_k2_anchor
 
 
 @dataclass
@@ -45,7 +45,7 @@ def gdsd_loss(d_theta: torch.Tensor, d_old: torch.Tensor, advantages: torch.Tens
               eps: float, length: int, d_ref: torch.Tensor | None = None, beta: float = 0.0,
               weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GDSD loss on (B, K) scores; see the module docstring for the formula."""
-    rows, num_mc = d_theta.shape
+    rows = d_theta.shape[0]
     log_ratio = d_theta - d_old
     clamped = log_ratio.clamp(math.log(1 - eps), math.log(1 + eps))
     terms = (clamped / length - psi * advantages.unsqueeze(1)) ** 2
@@ -55,17 +55,12 @@ def gdsd_loss(d_theta: torch.Tensor, d_old: torch.Tensor, advantages: torch.Tens
         "clamp_fraction": (clamped != log_ratio).float().mean(),
         "log_ratio": log_ratio.detach().mean(),
     }
-    loss = regression
-    if d_ref is not None:
-        kl = (0.5 * (d_theta - d_ref) ** 2).sum() / (rows * num_mc * length)
-        loss = loss + beta * kl
-        metrics["kl_ref"] = kl.detach()
-    return loss, metrics
+    return with_k2_anchor(regression, metrics, d_theta, d_ref, beta, length), metrics
 
 
 class GDSD(Objective):
     Config = GDSDConfig
-    kl_anchor = True
+    roles = {"reference": "beta"}         # a KL anchor: the reference, built when beta > 0
     importance_level = "sequence"
     center_logits = False
     reduce = staticmethod(denoiser_score)

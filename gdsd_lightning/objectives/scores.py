@@ -2,6 +2,8 @@
 
     coupled_sequence_scores   stratified coupled pairs -> D or the coupled ELBO    (GDSD, TLC, ESPO)
     mean_field_logprobs       completion fully masked, prompt masked with p        (diffu-GRPO, wd1)
+
+and the KL-to-reference anchor on sequence scores (GDSD, TLC, ESPO), `with_k2_anchor`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ class MicroStepSeedConfig(ObjectiveConfig):
     """Fields of the objectives whose releases pick a mask seed per micro-step (d1, wd1, SPG)."""
 
     mask_seed_rule: str = "release"    # which mask each inner iteration draws (`mask_iteration`)
+
+    def problems(self, cfg=None) -> list[str]:
+        problems = super().problems(cfg)
+        if self.mask_seed_rule not in MASK_SEED_RULES:
+            problems.append(f"method.mask_seed_rule must be {' or '.join(map(repr, MASK_SEED_RULES))}, "
+                            f"got {self.mask_seed_rule!r}")
+        return problems
 
 
 @dataclass
@@ -82,3 +91,17 @@ def mean_field_logprobs(model: DiffusionLM, batch: RolloutBatch, iteration: int,
     prompt_masked, masked = full_completion_mask(batch.rows, batch.completions.shape[1], batch.prompt_ids.shape[1],
                                                  cfg.p_mask_prompt, gen)
     return completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.completions, masked, prompt_masked)
+
+
+def with_k2_anchor(loss: torch.Tensor, metrics: dict[str, torch.Tensor], score: torch.Tensor,
+                   ref: torch.Tensor | None, beta: float, length: int) -> torch.Tensor:
+    """`loss` plus the k2 KL to the reference on sequence scores (B, ...) of completions of `length`
+    tokens, logged as metrics["kl_ref"]; `loss` itself without a reference score:
+
+        loss + beta sum 1/2 (score - ref)^2 / (number of scores x L)
+    """
+    if ref is None:
+        return loss
+    kl = (0.5 * (score - ref) ** 2).sum() / (score.numel() * length)
+    metrics["kl_ref"] = kl.detach()
+    return loss + beta * kl

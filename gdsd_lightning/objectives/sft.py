@@ -37,3 +37,10 @@ class SFT:
     """Registry entry: SFT has no rollout, so the CLI trains it with `SFTModule`."""
 
     Config = SFTConfig
+
+    @staticmethod
+    def config_problems(cfg) -> list[str]:
+        """What SFT cannot do with the rest of the experiment `cfg` (as Objective.config_problems)."""
+        if cfg.rollout.importance_correction in ("tis", "mis"):
+            return ["rollout.importance_correction cannot be used with sft: it trains on no rollouts"]
+        return []

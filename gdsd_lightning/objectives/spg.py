@@ -77,6 +77,8 @@ class SPG(Objective):
     importance_level = "sequence"
 
     def __init__(self, cfg, gen_length: int):
+        # checked when the objective is built, not when the experiment loads: overlays that shrink the
+        # sampler (_base/cpu_smoke.yaml) load every experiment, including SPG's with 32-token blocks
         super().__init__(cfg, gen_length)
         if gen_length % cfg.block_length or cfg.num_mc > gen_length // cfg.block_length:
             raise UserError(f"method.block_length ({cfg.block_length}) must divide the generation length ({gen_length}) "

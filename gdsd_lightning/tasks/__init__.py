@@ -1,8 +1,9 @@
 """Task registry: `get_task(name, prompt_style, release)` returns the task object (prompts,
-parsers, rewards, metrics); `task_from_config(cfg.task)` the one an experiment uses."""
+parsers, rewards, metrics); `task_from_config(cfg.task)` the one an experiment uses, whose `task`
+section is `TaskConfig`."""
 
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.tasks.base import PROMPT_STYLES, RELEASES, Task
+from gdsd_lightning.tasks.base import PROMPT_STYLES, RELEASES, Task, TaskConfig
 from gdsd_lightning.tasks.code import MBPP, HumanEval
 from gdsd_lightning.tasks.countdown import Countdown
 from gdsd_lightning.tasks.gsm8k import GSM8K
@@ -25,4 +26,4 @@ def task_from_config(task_cfg) -> Task:
     return get_task(task_cfg.name, task_cfg.prompt_style, task_cfg.release)
 
 
-__all__ = ["Task", "get_task", "task_from_config", "TASKS", "PROMPT_STYLES", "RELEASES"]
+__all__ = ["Task", "TaskConfig", "get_task", "task_from_config", "TASKS", "PROMPT_STYLES", "RELEASES"]

@@ -25,7 +25,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.hub import offline_unless_reachable, unreachable
@@ -34,6 +34,41 @@ CLOSED_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 PROMPT_STYLES = ("plain", "chat")
 RELEASES = ("gdsd", "d1", "dopsd")
+
+
+@dataclass
+class TaskConfig:
+    """The `task` section: which task, its data and its prompts."""
+
+    name: str = "sudoku"
+    data_dir: Optional[str] = "data"       # generated splits: <data_dir>/<task>/{train,val,test}.*; null: the
+                                           # task's published data set (the hub, or a release's file)
+    train_split: str = "train"             # the generated split training reads: train, or sft (demonstrations)
+    train_path: Optional[str] = None       # overrides of the split files
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    num_val: int = 128                     # val examples scored at each periodic evaluation
+    prompt_style: str = "plain"            # plain (tiny models: no tags) | chat (instruct models: the release's)
+    release: str = "gdsd"                  # whose chat prompts and reward rules: gdsd | d1 | dopsd
+    max_prompt_length: Optional[int] = None  # keep the last n prompt tokens (the releases: 400 GDSD, 200 d1)
+
+    def problems(self, cfg=None) -> list[str]:
+        """One sentence for each task.* setting no task accepts."""
+        problems = prompt_problems(self.prompt_style, self.release)
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            problems.append(f"task.max_prompt_length must be a positive number of tokens or null, "
+                            f"got {self.max_prompt_length}")
+        return problems
+
+
+def prompt_problems(prompt_style: str, release: str) -> list[str]:
+    """One sentence for an unknown task.prompt_style and one for an unknown task.release."""
+    problems = []
+    if prompt_style not in PROMPT_STYLES:
+        problems.append(f"task.prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
+    if release not in RELEASES:
+        problems.append(f"task.release must be one of {', '.join(RELEASES)}, got {release!r}")
+    return problems
 
 # The releases' answer-format paragraph, which they put at the head of the user turn (the same
 # text in GDSD's gdsd/data_utils.py:10-18 and d1's diffu-grpo/data_utils.py:26-34).
@@ -83,10 +118,9 @@ class Task(ABC):
     system_prompt: str | None = None   # a system turn before the user turn (the reasoning tasks have none)
 
     def __init__(self, prompt_style: str = "chat", release: str = "gdsd"):
-        if prompt_style not in PROMPT_STYLES:
-            raise UserError(f"task.prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {prompt_style!r}")
-        if release not in RELEASES:
-            raise UserError(f"task.release must be one of {', '.join(RELEASES)}, got {release!r}")
+        problems = prompt_problems(prompt_style, release)
+        if problems:
+            raise UserError("; ".join(problems))
         self.prompt_style, self.release = prompt_style, release
 
     @property

@@ -1,6 +1,6 @@
 """Every model of this harness as an lm-evaluation-harness model, registered as `gdsd_lightning`.
 
-    python -m gdsd_lightning.lm_eval_cli --model gdsd_lightning --batch_size 8 \\
+    python -m gdsd_lightning.commands.lm_eval_cli --model gdsd_lightning --batch_size 8 \\
         --model_args path=runs/gdsd_llada_gsm8k/latest/final,gen_length=256,steps=128,block_length=32 \\
         --tasks gsm8k_cot,minerva_math,humaneval,mbpp --output_path out/
 
@@ -44,21 +44,20 @@ from pathlib import Path
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from gdsd_lightning.diffusion.estimators import coupled_elbo, coupled_logprobs
 from gdsd_lightning.diffusion.masking import generator_for, stratified_mask
+from gdsd_lightning.diffusion.sampler import SamplerConfig
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.checkpoints import load_policy
-from gdsd_lightning.config import sampler_problems
 from gdsd_lightning.metrics import pass_at_k_mean
 from gdsd_lightning.generation import sample
 from gdsd_lightning.models.adapter import FAMILY_FILE, DiffusionLM
 from gdsd_lightning.models.families import FAMILIES
 from gdsd_lightning.protocol import MINERVA_SUBJECTS, Protocol
 
-TASKS_DIR = Path(__file__).with_name("lm_eval_tasks")   # the sandboxed humaneval / mbpp tasks
+TASKS_DIR = Path(__file__).parents[1] / "lm_eval_tasks"   # the sandboxed humaneval / mbpp tasks
 
 
 def load_model(path: str | None = None, family: str | None = None, lora: str | None = None,
@@ -66,7 +65,7 @@ def load_model(path: str | None = None, family: str | None = None, lora: str | N
                ) -> DiffusionLM:
     """The model named by the model_args (see the module docstring)."""
     if experiment:
-        from gdsd_lightning.config import load_experiment
+        from gdsd_lightning.experiment import load_experiment
 
         return load_policy(load_experiment(experiment, [f"model.dtype={str(dtype).removeprefix('torch.')}"]), ckpt)[0]
     if not path:
@@ -85,25 +84,47 @@ def load_model(path: str | None = None, family: str | None = None, lora: str | N
     return policy
 
 
+def optional(kind):
+    """A model_arg that may be left empty (`fast_threshold=`): None."""
+    return lambda value: None if value in (None, "") else kind(value)
+
+
+# The sampler's model_args and how each string lm-eval hands over becomes a SamplerConfig field
+MODEL_ARG_TYPES = {"gen_length": int, "steps": int, "block_length": int, "temperature": float, "remasking": str,
+                   "top_p": float, "eps": float, "fast_threshold": optional(float), "kv_refresh_every": optional(int),
+                   "kv_cache": lambda value: value if value in ("dual", "prefix") else bool(value), "gumbel_dtype": str}
+MODEL_ARG_DEFAULTS = {"gen_length": 256, "steps": 128, "block_length": 32}   # the releases' lm-eval scripts'
+
+
+def sampler_from_model_args(kind: str, settings: dict) -> SamplerConfig:
+    """The sampler of the model_args: `kind` (the model_arg sampler) and the given settings over
+    MODEL_ARG_DEFAULTS and SamplerConfig's, each parsed once; the Dream sampler decodes the whole
+    length as one block."""
+    parsed = {key: MODEL_ARG_TYPES[key](value) for key, value in {**MODEL_ARG_DEFAULTS, **settings}.items()}
+    if kind != "block":
+        parsed["block_length"] = parsed["gen_length"]
+    return SamplerConfig(kind=kind, **parsed)
+
+
 @register_model("gdsd_lightning")
 class DiffusionHarnessLM(LM):
     """lm-eval's LM interface on a DiffusionLM with this harness's samplers and ELBO estimator."""
 
     def __init__(self, path: str | None = None, family: str | None = None, lora: str | None = None,
-                 experiment: str | None = None, ckpt: str | None = None, sampler: str | None = None,
-                 gen_length: int = 256, steps: int = 128, block_length: int = 32, temperature: float = 0.0,
-                 remasking: str = "low_confidence", top_p: float = 0.95, eps: float = 1e-3,
-                 fast_threshold: float | None = None, kv_cache: bool | str = False, kv_refresh_every: int | None = None,
-                 gumbel_dtype: str = "float64",
+                 experiment: str | None = None, ckpt: str | None = None, sampler: SamplerConfig | str | None = None,
                  batch_size: int | str | None = 1, seed: int = 1234, num_mc: int = 128, mc_batch_size: int = 32,
                  check_greedy: bool = False, dtype: str = "auto", device: str | None = None,
                  policy: DiffusionLM | None = None, max_batch_size: int | None = None,
-                 trust_remote_code: bool | None = None, **unknown):
-        """`policy`: an already loaded model (Python callers; the loading arguments are then unused).
-        `max_batch_size` and `trust_remote_code` are lm-eval's, not used (the family decides)."""
-        if unknown:
-            raise UserError(f"unknown model_args for gdsd_lightning: {', '.join(sorted(unknown))} (see "
-                            "gdsd_lightning/lm_eval_model.py)")
+                 trust_remote_code: bool | None = None, **settings):
+        """`sampler`: a whole SamplerConfig (Python callers: the evaluation protocol's), or the model_arg
+        sampler=block|dream with the other sampler settings as model_args (`settings`, parsed once into
+        a SamplerConfig by `sampler_from_model_args`). `policy`: an already loaded model (the loading
+        arguments are then unused). `max_batch_size` and `trust_remote_code` are lm-eval's, not used
+        (the family decides)."""
+        unknown = sorted(set(settings) - set(MODEL_ARG_TYPES))
+        if unknown or (isinstance(sampler, SamplerConfig) and settings):
+            raise UserError(f"unknown model_args for gdsd_lightning: {', '.join(unknown or sorted(settings))} (see "
+                            "gdsd_lightning/commands/lm_eval_model.py)")
         super().__init__()
         if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             device = "cuda" if torch.cuda.is_available() else "cpu"     # lm-eval's --device defaults to cuda
@@ -112,16 +133,9 @@ class DiffusionHarnessLM(LM):
         if policy is None:
             policy = load_model(path, family, lora, experiment, ckpt, getattr(torch, dtype))
         self.policy = policy.to(device).eval()
-        kind = sampler or ("dream" if policy.family.shift_logits else "block")
-        self.sampler = OmegaConf.create({
-            "kind": kind, "gen_length": int(gen_length), "steps": int(steps),
-            "block_length": int(block_length) if kind == "block" else int(gen_length), "temperature": float(temperature),
-            "remasking": remasking, "top_p": float(top_p), "eps": float(eps),
-            "fast_threshold": None if fast_threshold in (None, "") else float(fast_threshold),
-            "kv_cache": kv_cache if kv_cache in ("dual", "prefix") else bool(kv_cache),
-            "kv_refresh_every": None if kv_refresh_every in (None, "") else int(kv_refresh_every),
-            "gumbel_dtype": gumbel_dtype})
-        problems = sampler_problems(self.sampler)
+        self.sampler = sampler if isinstance(sampler, SamplerConfig) else \
+            sampler_from_model_args(sampler or ("dream" if policy.family.shift_logits else "block"), settings)
+        problems = self.sampler.problems()
         if problems:
             raise UserError(f"gdsd_lightning model_args do not fit together (sampler.kind is the model_arg sampler, "
                             f"sampler.<name> the model_arg <name>): {'; '.join(problems)}")
@@ -142,7 +156,7 @@ class DiffusionHarnessLM(LM):
             rows = order[start:start + self.batch_size]
             ids, mask = self.policy.encode_prompts([requests[i].args[0] for i in rows], add_special_tokens=True)
             out = sample(self.policy, ids.to(self.device), mask.to(self.device), self.sampler,
-                         self.sampler.temperature, generator_for(self.seed + start, self.device))
+                         generator_for(self.seed + start, self.device))
             for i, completion in zip(rows, out.completions):
                 until = requests[i].args[1].get("until") or []
                 texts[i] = cut_at_stops(tokenizer, tokenizer.decode(completion, skip_special_tokens=False),
@@ -199,10 +213,10 @@ class DiffusionHarnessLM(LM):
         if not self.check_greedy or target.numel() == 0:
             return False
         n = target.numel()
-        settings = OmegaConf.merge(self.sampler, {"kind": "block", "gen_length": n, "block_length": n, "steps": n,
-                                                  "fast_threshold": None, "kv_cache": False})
+        one_by_one = self.sampler.at(kind="block", gen_length=n, block_length=n, steps=n, temperature=0.0,
+                                     fast_threshold=None, kv_cache=False, kv_refresh_every=None)
         prompt = prefix.to(self.device).unsqueeze(0)
-        out = sample(self.policy, prompt, torch.ones_like(prompt), settings, 0.0)
+        out = sample(self.policy, prompt, torch.ones_like(prompt), one_by_one)
         return bool(torch.equal(out.completions[0].cpu(), target))
 
     # ---- lm-eval's chat-template hooks (--apply_chat_template) --------------------------
@@ -299,12 +313,7 @@ def run_tasks(policy: DiffusionLM, protocol: Protocol, length: int) -> tuple[dic
     scores: dict[str, dict[int, list[float]]] = {}     # task -> doc -> headline score per sample
     results, rows = {}, []
     for draw in range(protocol.num_samples):
-        lm = DiffusionHarnessLM(policy=policy, sampler=sampler.kind, gen_length=length, steps=sampler.steps,
-                                block_length=sampler.block_length, temperature=sampler.temperature,
-                                remasking=sampler.remasking, top_p=sampler.top_p, eps=sampler.eps,
-                                fast_threshold=sampler.fast_threshold, kv_cache=sampler.kv_cache,
-                                kv_refresh_every=sampler.kv_refresh_every, gumbel_dtype=sampler.gumbel_dtype,
-                                batch_size=protocol.batch_size,
+        lm = DiffusionHarnessLM(policy=policy, sampler=sampler, batch_size=protocol.batch_size,
                                 seed=protocol.seed + draw, num_mc=protocol.num_mc, device=str(policy.device))
         out = simple_evaluate(model=lm, tasks=specs, num_fewshot=protocol.fewshot, limit=protocol.num_examples,
                               task_manager=manager, log_samples=True)

@@ -1,6 +1,6 @@
 """lm-eval's command line with this harness's model and sandboxed code tasks:
 
-    python -m gdsd_lightning.lm_eval_cli --model gdsd_lightning --model_args path=DIR,gen_length=256 \
+    python -m gdsd_lightning.commands.lm_eval_cli --model gdsd_lightning --model_args path=DIR,gen_length=256 \
         --tasks gsm8k_cot,minerva_math,humaneval,mbpp [any other lm-eval option]
 
 lm-eval finds a model only in its own registry, which it fills from its own package (lm-eval
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from gdsd_lightning.errors import UserError
-from gdsd_lightning.lm_eval_model import TASKS_DIR
+from gdsd_lightning.commands.lm_eval_model import TASKS_DIR
 
 
 def main(argv: list[str] | None = None) -> None:

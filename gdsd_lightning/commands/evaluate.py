@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from gdsd_lightning.checkpoints import ModelRef, load_ref, models_for_rule
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.data import load_split
 from gdsd_lightning.diffusion.masking import generator_for
 from gdsd_lightning.errors import UserError
@@ -114,7 +115,7 @@ def own_task_results(policy: DiffusionLM, task: Task, protocol: Protocol, exampl
         for start in tqdm(range(0, len(examples), size), desc=f"{task.name} L={length} sample {draw}", unit="batch"):
             ids, mask = policy.encode_prompts(prompts[start:start + size], None if papers else max_prompt_length,
                                               add_special_tokens=papers)
-            out = sample(policy, ids.to(policy.device), mask.to(policy.device), settings, settings.temperature, generator)
+            out = sample(policy, ids.to(policy.device), mask.to(policy.device), settings, generator)
             # the releases read the whole completion with its special tokens; the experiment cuts at EOS
             texts = policy.tokenizer.batch_decode(out.completions, skip_special_tokens=False) if papers \
                 else policy.decode(out.completions)
@@ -138,7 +139,7 @@ def evaluate_model(policy: DiffusionLM, task: Task, protocol: Protocol, examples
     """{task name: {length: metrics, ..., "best": ...}} of one model at every length."""
     by_task: dict[str, dict[str, dict]] = {}
     if protocol.harness == LM_EVAL:
-        from gdsd_lightning.lm_eval_model import run_tasks
+        from gdsd_lightning.commands.lm_eval_model import run_tasks
 
         for length in protocol.lengths:
             results, rows = run_tasks(policy, protocol, length)
@@ -233,3 +234,11 @@ def summary_line(summary: dict) -> str:
         lines.append(f"{name} ({summary['protocol']['name']} protocol, {summary['checkpoint_rule']}): {cells} "
                      f"best=L{per_length['best']['length']} {per_length['best']['accuracy']:.4f}")
     return "\n".join(lines + [f"wrote {summary['out']}/summary.json and generations.jsonl"])
+
+
+def evaluate_experiment(experiment: str, overrides: list[str], ckpt: str | None = None, data: str | None = None,
+                        out: str | None = None, protocol: str | None = None, checkpoint: str | None = None) -> str:
+    """`eval`: load `experiment` (--protocol and --checkpoint are eval.protocol and eval.checkpoint), evaluate
+    it, and return the summary's line."""
+    chosen = [f"eval.{key}={value}" for key, value in (("protocol", protocol), ("checkpoint", checkpoint)) if value]
+    return summary_line(evaluate(load_experiment(experiment, [*overrides, *chosen]), ckpt, data, out))

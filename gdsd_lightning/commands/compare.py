@@ -40,8 +40,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gdsd_lightning.bench import FAST_THRESHOLD
-from gdsd_lightning.config import list_experiments, load_experiment, load_run_config
+from gdsd_lightning.commands.bench import FAST_THRESHOLD
+from gdsd_lightning.config import list_experiments
+from gdsd_lightning.experiment import load_experiment, load_run_config
 from gdsd_lightning.errors import TrainingStopped, UserError
 from gdsd_lightning.objectives import OBJECTIVES, RL_METHODS
 from gdsd_lightning.runs import FINAL_MODEL, latest_final_model, runs_root
@@ -188,7 +189,7 @@ def finished_run(cfg: DictConfig) -> Path | None:
 def test_metrics(cfg: DictConfig, ckpt: Path, out_dir: Path) -> dict[str, float]:
     """Greedy test metrics of `ckpt` (accuracy, reward, the task's extras), read back from
     out_dir/summary.json when already computed."""
-    from gdsd_lightning.evaluate import evaluate
+    from gdsd_lightning.commands.evaluate import evaluate
     from gdsd_lightning.tasks import get_task
 
     summary = out_dir / "summary.json"
@@ -215,7 +216,7 @@ def run_one(method: str, experiment: str, lr: float, beta: float | None, seed: i
             rollout_mode: str = "exact") -> RunResult:
     """Train or reuse one run and test it. "Best" is the best-by-val model: the base itself when
     no evaluation during training beat step 0, else checkpoints/best.ckpt."""
-    from gdsd_lightning.train import train_with_base
+    from gdsd_lightning.commands.train import train_with_base
 
     anchor = [] if beta is None else [f"method.beta={beta}"]
     run_overrides = [*overrides, *ROLLOUT_MODES[rollout_mode], f"optim.lr={lr}", *anchor, f"seed={seed}"]
@@ -254,7 +255,7 @@ def base_model(experiment: str, overrides: list[str]) -> tuple[DictConfig, Path 
     base = load_experiment(experiment, overrides).model.init_from
     if base is None:
         return None
-    from gdsd_lightning.train import base_overrides
+    from gdsd_lightning.commands.train import base_overrides
 
     base_cfg = load_experiment(base, base_overrides(overrides))
     return base_cfg, latest_final_model(base_cfg.runs_dir, base)

@@ -166,7 +166,7 @@ def bench_trained_base(task_name: str, base: str, device: str, limit: int | None
     loop, the exact schedule and the fast-mode variants (`modes`, default all of SAMPLER_MODES; the
     exact schedule always runs, the reference of the accuracy change). A trained model is needed for
     the threshold to fire; random weights are never that confident."""
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.data import load_split
     from gdsd_lightning.generation import encode_prompts, score
     from gdsd_lightning.runs import latest_final_model
@@ -200,7 +200,7 @@ def bench_trained_base(task_name: str, base: str, device: str, limit: int | None
 
 def objective_step(method: str, device: str) -> Callable[[], None]:
     """One micro-batch loss step (forward + backward) of `method` at LOSS_BATCH on the tiny model."""
-    from gdsd_lightning.config import load_experiment
+    from gdsd_lightning.experiment import load_experiment
     from gdsd_lightning.objectives import OBJECTIVES
     from gdsd_lightning.objectives.base import RolloutBatch
 

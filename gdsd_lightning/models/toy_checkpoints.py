@@ -1,6 +1,7 @@
-"""Tiny random checkpoints in LLaDA's and Dream's published directory formats, written by the tests
-themselves (no upstream code): config.json with the fields of the hub repositories'
-(GSAI-ML/LLaDA-8B-Instruct, Dream-org/Dream-v0-Instruct-7B) at toy sizes, safetensors shards under
+"""Tiny random checkpoints in LLaDA's and Dream's published directory formats, written without any
+upstream code (`python -m gdsd_lightning toy-checkpoint RECIPE`, `make smoke-real`, the tests):
+config.json with the fields of the hub repositories' (GSAI-ML/LLaDA-8B-Instruct,
+Dream-org/Dream-v0-Instruct-7B) at toy sizes, safetensors shards under
 the authors' tensor names with a model.safetensors.index.json, and a tokenizer (LLaDA: a fast
 tokenizer that does not name its mask token, as LLaDA's; Dream: vocab.json + merges.txt under
 tokenization_dream.py's class name, with Dream's auto_map)."""
@@ -152,15 +153,3 @@ def write_dream(directory: Path, seed: int = 0, shards: int = 2, dtype: torch.dt
 
 
 WRITERS = {"llada": write_llada, "dream": write_dream}
-
-if __name__ == "__main__":   # `make smoke-real`: python -m tests.published_checkpoints EXPERIMENT DIRECTORY
-    import sys
-
-    from gdsd_lightning.config import load_experiment
-
-    experiment, root = sys.argv[1:3]
-    family = load_experiment(experiment).model.family
-    if family not in WRITERS:
-        sys.exit(f"error: {experiment} is not a real-model recipe (model.family={family}); pick a *_llada_* or *_dream_* one")
-    WRITERS[family](Path(root) / family)
-    print(Path(root) / family)

@@ -23,9 +23,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from gdsd_lightning.callbacks import (AtomicCheckpointIO, CheckpointAfterEvaluation, ReferenceSync, RolloutStatistics,
-                                      ValHistory)
-from gdsd_lightning.config import load_experiment, save_config
+from gdsd_lightning.callbacks import (AtomicCheckpointIO, CheckpointAfterEvaluation, ProgressBar, ReferenceSync,
+                                      RolloutStatistics, ValHistory)
+from gdsd_lightning.config import save_config
+from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.data import PromptDataModule
 from gdsd_lightning.errors import TrainingStopped
 from gdsd_lightning.hub import wandb_reachable
@@ -84,9 +85,9 @@ def base_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.split("=")[0] in ("runs_dir", "task.data_dir")]
 
 
-def train_with_base(name: str, overrides: list[str]) -> Path:
-    """Train `name`; if its base model (model.init_from) is missing, train the base first."""
-    cfg = load_experiment(name, overrides)
+def train_with_base(experiment: str, overrides: list[str]) -> Path:
+    """Train `experiment`; if its base model (model.init_from) is missing, train the base first."""
+    cfg = load_experiment(experiment, overrides)
     try:
         return train(cfg)
     except MissingBaseModel as missing:
@@ -101,6 +102,7 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, supervised: bool) -> list[L.C
     and, for RL, the rollout statistics and the optional reference sync."""
     checkpoints = run_dir / "checkpoints"
     callbacks = [
+        ProgressBar(),
         CheckpointAfterEvaluation(cfg.trainer.checkpoint_every_n_steps, dirpath=checkpoints, filename="step{step}",
                                   auto_insert_metric_name=False, save_top_k=1, save_last="link"),
         ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/accuracy", mode="max", save_top_k=1,
