@@ -161,8 +161,19 @@ def test_the_program_sees_no_host_file_and_no_other_process():
 def test_the_fallback_without_a_root_of_its_own_says_the_disk_is_readable_and_keeps_it_read_only():
     fallback = replace(isolation(), own_root=False, visible=())
     assert "READABLE" in fallback.describe()
+    # a host file the program's user (nobody) may read, wherever the checkout lives (a CI clone
+    # under mktemp -d is not traversable by nobody)
+    shelf = Path(f"/tmp/gdsd-fallback-shelf-{os.getpid()}")
+    shelf.mkdir(mode=0o755)
+    host_file = shelf / "answers.txt"
+    host_file.write_text("an answer")
+    host_file.chmod(0o644)
     planted = f"/tmp/gdsd-fallback-{os.getpid()}"
-    result = script(f"print(len(open({str(MBPP_SAMPLE)!r}).read()) > 0)\nopen({planted!r}, 'w')", LIMITS, fallback)
+    try:
+        result = script(f"print(len(open({str(host_file)!r}).read()) > 0)\nopen({planted!r}, 'w')", LIMITS, fallback)
+    finally:
+        host_file.unlink()
+        shelf.rmdir()
     assert result.stdout == "True\n" and "Read-only file system" in result.stderr and not os.path.exists(planted)
 
 
