@@ -67,8 +67,10 @@ class RolloutConfig:
     def problems(self, cfg: DictConfig) -> list[str]:
         """One sentence for each rollout.* setting that cannot run (with the rollouts' sampler,
         `rollout_sampler`); the objective adds what it needs of the rollout (Objective.config_problems)."""
-        foreign = foreign_rollout_sampler_keys(cfg)
-        problems, sampler = [foreign] if foreign else [], None if foreign else rollout_sampler(cfg)
+        try:
+            problems, sampler = [], rollout_sampler(cfg)
+        except UserError as err:           # a key rollout.sampler may not set, or a wrong type
+            problems, sampler = [str(err)], None
         if self.sampler and sampler is not None:
             problems += [f"with rollout.sampler: {problem}" for problem in sampler.problems()]
         if self.passk < 1:
@@ -95,20 +97,14 @@ class RolloutConfig:
 ROLLOUT_SAMPLER_KEYS = ("fast_threshold", "kv_cache", "kv_refresh_every")   # what rollout.sampler may set
 
 
-def foreign_rollout_sampler_keys(cfg: DictConfig) -> str | None:
-    """The sentence refusing rollout.sampler keys other than the fast-mode ones, or None."""
-    other = [key for key in cfg.rollout.sampler if key not in ROLLOUT_SAMPLER_KEYS]
-    return (f"rollout.sampler.{other[0]}: only the fast-mode keys {', '.join(ROLLOUT_SAMPLER_KEYS)} may differ "
-            "between rollouts and evaluation") if other else None
-
-
 def rollout_sampler(cfg: DictConfig) -> SamplerConfig:
     """The sampler the rollouts draw with, whole: `sampler` with `rollout.sampler` merged over it (only
     the fast-mode keys: what is sampled and scored stays the same shape as what is evaluated), at
     `rollout.temperature`."""
-    foreign = foreign_rollout_sampler_keys(cfg)
-    if foreign:
-        raise UserError(foreign)
+    other = [key for key in cfg.rollout.sampler if key not in ROLLOUT_SAMPLER_KEYS]
+    if other:
+        raise UserError(f"rollout.sampler.{other[0]}: only the fast-mode keys {', '.join(ROLLOUT_SAMPLER_KEYS)} may "
+                        "differ between rollouts and evaluation")
     merged = merge_checked(OmegaConf.structured(SamplerConfig.of(cfg.sampler)), cfg.rollout.sampler,
                            where="rollout.sampler", prefix="rollout.sampler.")
     return OmegaConf.to_object(merged).at(temperature=cfg.rollout.temperature)

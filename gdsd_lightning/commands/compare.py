@@ -105,6 +105,7 @@ class RunResult:
         """Sampling seconds of the whole run (None: a run from before they were recorded)."""
         return sum(r["seconds"] for r in self.rollout_records) if self.rollout_records else None
 
+    @property
     def unmeasured_rollout_seconds(self) -> float | None:
         """Mean seconds of the rollouts drawn without the mismatch measurement (what the sampler
         alone costs); None when every rollout was measured or none was recorded."""
@@ -594,8 +595,8 @@ def compare_rollout_modes(task: str, seeds: int, experiments: dict[str, str], ch
             measured = [rec for r in runs for rec in r.rollout_records if "mean_abs_log_ratio" in rec]
             rows.append({"method": method, "rollout_mode": mode, **{k: v for k, v in row.items() if k != "method"},
                          "rollout_seconds_mean": mean_of([r.rollout_seconds for r in runs if r.rollout_seconds is not None]),
-                         "seconds_per_unmeasured_rollout": mean_of([x for x in map(RunResult.unmeasured_rollout_seconds, runs)
-                                                                    if x is not None]),
+                         "seconds_per_unmeasured_rollout": mean_of([r.unmeasured_rollout_seconds for r in runs
+                                                                    if r.unmeasured_rollout_seconds is not None]),
                          **{f"mismatch_{key}": mean_of([rec[key] for rec in measured if key in rec])
                             for key in ("mean_abs_log_ratio", "max_abs_log_ratio", "reranked_fraction", "weight_mean")}})
     out_dir.mkdir(parents=True, exist_ok=True)
