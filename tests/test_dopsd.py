@@ -188,3 +188,30 @@ def test_passk_keeps_the_first_correct_else_the_last_or_the_best_with_ties_to_th
     best = module("best_reward").rollout([example] * 3)
     # every attempt runs; row 0 keeps its best (1), row 1 the later of two equal rewards (2), row 2 likewise (1)
     assert best.completions[:, 0].tolist() == [1, 2, 1] and best.rewards.tolist() == pytest.approx([.9, .5, .6])
+
+
+def test_the_probe_compares_teacher_and_student_on_the_trained_states(tmp_path):
+    """dopsd-probe: with nothing revealed (rho 0) the teacher sees the student's input, so every
+    figure of the teacher and the oracle equals the student's and the divergence is 0; with a
+    future revealed they differ, and each trained state contributes the loss's k positions."""
+    import json
+
+    from gdsd_lightning.commands.dopsd_probe import dopsd_probe
+    from tests.conftest import rl_overrides
+
+    def probe(rho: float) -> dict:
+        overrides = rl_overrides(tmp_path, 1, **{"method.gate_min_reward": 0.0, "method.rho": rho})
+        dopsd_probe("dopsd_tiny_sudoku", rollouts=2, out=str(tmp_path / f"rho{rho}"), overrides=overrides)
+        return json.loads((tmp_path / f"rho{rho}" / "dopsd_probe.json").read_text())
+
+    blind, seeing = probe(0.0), probe(1.0)
+    assert blind["gated_rows"] == blind["rollout_rows"] == 2 * 2 * 4     # 2 rollouts x 2 prompts x G 4
+    k = 16 // 8                                                          # gen_length / steps
+    assert blind["positions"] == k * blind["states"] > 0
+    figures = blind["figures"]
+    for measure in ("accuracy", "agreement"):
+        assert figures[f"teacher_{measure}"] == figures[f"oracle_{measure}"] == figures[f"student_{measure}"]
+    assert figures["changed"] == 0 and abs(figures["divergence"]) < 1e-6
+    assert seeing["figures"]["divergence"] > 1e-4
+    assert seeing["figures"]["oracle_accuracy"] != seeing["figures"]["teacher_accuracy"] or \
+        seeing["figures"]["teacher_agreement"] != seeing["figures"]["student_agreement"]
