@@ -144,8 +144,7 @@ COMMANDS = {
         "gdsd_lightning.commands.dopsd_probe:dopsd_probe",
         "what d-OPSD's teacher (the self-future) predicts better than its student, on the starting model's rollouts",
         "Writes <out>/dopsd_probe.json. Example: python -m gdsd_lightning dopsd-probe dopsd_tiny_sudoku --rollouts 8",
-        (opt("experiment", nargs="?", default="dopsd_tiny_sudoku", help="a d-OPSD experiment (default: "
-                                                                        "dopsd_tiny_sudoku)"),
+        (EXPERIMENT,
          opt("--rollouts", type=int, default=4, help="rollout batches to probe (default: 4)"),
          opt("--split", default="train", help="the split whose prompts are rolled out (default: train)"),
          opt("--out", default="results/dopsd_probe", help="output directory (default: results/dopsd_probe)")),

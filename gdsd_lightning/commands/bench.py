@@ -14,7 +14,9 @@
                (within a block, run only the block against cached keys/values of the rest): speed
                against the naive loop on the cases above, and on the trained tiny sudoku / countdown
                bases (skipped when not trained) the naive loop, the exact schedule and each fast
-               variant on the same test prompts: time and greedy accuracy.
+               variant on the same test prompts: time, greedy accuracy and the share of the time
+               spent in the transformer layers (`backbone_share`: 1 / (1 - share) bounds what any
+               cache of layer calls can gain).
     MFU        (CUDA only) a ~1B-parameter stand-in of LLaDA's shape in bf16: the loss pass (completion
                log-probs, forward + backward) and the exact sampler at batch 64, generation 256,
                block 32: time, tokens/s and model FLOPs utilisation = model FLOPs / time / the GPU's
@@ -35,6 +37,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -134,6 +137,37 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return sorted(times)[len(times) // 2], result
 
 
+@contextmanager
+def backbone_clock(model: DiffusionLM):
+    """Seconds spent in the transformer layers of `model` (its backbone's forward, every call,
+    cached or not) while inside, accumulated in the yielded one-element list."""
+    backbone = model.transformer.base_model
+    spent, original = [0.0], backbone.forward
+
+    def clocked(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    backbone.forward = clocked
+    try:
+        yield spent
+    finally:
+        del backbone.forward          # the class's forward again
+
+
+def backbone_share(model: DiffusionLM, run: Callable[[], object]) -> float:
+    """Fraction of one call of `run` spent in the transformer layers of `model`: what a cache can
+    save at most; 1 / (1 - share) bounds the speed-up of skipping every layer call."""
+    with backbone_clock(model) as spent:
+        start = time.perf_counter()
+        run()
+        total = time.perf_counter() - start
+    return spent[0] / total
+
+
 def bench_sandbox(repeats: int) -> dict:
     """Median wall time (ms) of judging a one-line program: one test (the judge, one sandbox) and
     ten tests (ten sandboxes); per sandbox: the difference over the nine extra."""
@@ -191,7 +225,7 @@ def bench_trained_base(task_name: str, base: str, device: str, limit: int | None
         seconds, completions = timed(run, repeats)
         records = score(task, policy.decode(completions), examples)
         result[mode] = {"accuracy": round(sum(r["accuracy"] for r in records) / len(records), 4),
-                        "seconds": round(seconds, 3)}
+                        "seconds": round(seconds, 3), "backbone_share": round(backbone_share(policy, run), 3)}
     for mode in modes:
         result[mode]["speedup_over_naive"] = round(result["naive"]["seconds"] / result[mode]["seconds"], 2)
         result[mode]["accuracy_delta_points"] = round(100 * (result[mode]["accuracy"] - result["exact"]["accuracy"]), 2)
@@ -383,7 +417,8 @@ def bench_scale(device: str, peak: float | None, model_shape: dict, loss: dict, 
 def trained_bases_table(bases: dict, modes: list[str]) -> list[str]:
     """The markdown lines of the trained-bases comparison: per mode and base, accuracy and time."""
     lines = ["Trained tiny bases, greedy on the test split: accuracy, time to sample it, speed-up over the naive "
-             "loop, accuracy change against the exact schedule (n/a: base not trained):", "",
+             "loop, accuracy change against the exact schedule, share of the time in the transformer layers "
+             "(n/a: base not trained):", "",
              "| mode | " + " | ".join(bases) + " |", "|---" * (len(bases) + 1) + "|"]
     for mode in ["naive", *modes]:
         cells = []
@@ -391,10 +426,10 @@ def trained_bases_table(bases: dict, modes: list[str]) -> list[str]:
             if r is None:
                 cells.append("n/a")
             elif mode == "naive":
-                cells.append(f"{r[mode]['accuracy']} in {r[mode]['seconds']} s")
+                cells.append(f"{r[mode]['accuracy']} in {r[mode]['seconds']} s, layers {r[mode]['backbone_share']:.0%}")
             else:
                 cells.append(f"{r[mode]['accuracy']} in {r[mode]['seconds']} s: {r[mode]['speedup_over_naive']}x, "
-                             f"{r[mode]['accuracy_delta_points']:+} pts")
+                             f"{r[mode]['accuracy_delta_points']:+} pts, layers {r[mode]['backbone_share']:.0%}")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return lines
 

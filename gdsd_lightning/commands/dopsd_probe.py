@@ -1,4 +1,4 @@
-"""`python -m gdsd_lightning dopsd-probe`: what d-OPSD's teacher knows that its student does not.
+"""`python -m gdsd_lightning dopsd-probe dopsd_tiny_sudoku`: what d-OPSD's teacher knows that its student does not.
 
 d-OPSD distils the policy at its own sampler states x_s towards a teacher that sees the same state
 with int(rho n) of the n later positions revealed from the rollout's own final tokens
@@ -39,7 +39,7 @@ from gdsd_lightning.objectives.dopsd import (block_layout, loss_positions, recor
 from gdsd_lightning.tasks import task_from_config
 
 
-def dopsd_probe(experiment: str = "dopsd_tiny_sudoku", rollouts: int = 4, split: str = "train",
+def dopsd_probe(experiment: str, rollouts: int = 4, split: str = "train",
                 out: str = "results/dopsd_probe", overrides: list[str] = ()) -> str:
     """Probe d-OPSD's teacher on `rollouts` rollout batches of `split`; write and return the figures."""
     cfg = load_experiment(experiment, list(overrides))
