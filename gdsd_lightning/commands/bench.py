@@ -52,14 +52,16 @@ from gdsd_lightning.runs import write_json
 
 LARGE_VOCAB = 128_000
 # model width, layers, vocabulary (None: the tokenizer's), batch, prompt length, generation length, block, steps;
+# the tiny cases are the tiny tasks' shapes (4 blocks of 4, 2 tokens per step);
 # large_vocab and backbone_bound follow LLaDA's evaluation shape (blocks of 32, 2 tokens per step) at a
 # smaller length; at 8B the head is about 6% of a forward's FLOPs, in backbone_bound about 11%
 SAMPLER_CASES = {
-    "tiny_sudoku": dict(hidden=64, layers=4, vocab=None, batch=64, prompt=17, gen=16, block=16, steps=8),
+    "tiny_sudoku": dict(hidden=64, layers=4, vocab=None, batch=64, prompt=17, gen=16, block=4, steps=8),
+    "tiny_countdown": dict(hidden=64, layers=4, vocab=None, batch=64, prompt=13, gen=16, block=4, steps=8),
     "large_vocab": dict(hidden=64, layers=2, vocab=LARGE_VOCAB, batch=8, prompt=64, gen=128, block=32, steps=64),
     "backbone_bound": dict(hidden=128, layers=8, vocab=2048, batch=4, prompt=64, gen=128, block=32, steps=64),
 }
-QUICK = {"tiny_sudoku": dict(batch=32), "large_vocab": dict(batch=4, prompt=32, gen=64, steps=32),
+QUICK = {"tiny_sudoku": dict(batch=32), "tiny_countdown": dict(batch=32), "large_vocab": dict(batch=4, prompt=32, gen=64, steps=32),
          "backbone_bound": dict(batch=2, prompt=32, gen=64, steps=32)}
 FAST_THRESHOLD = 0.9                       # fast mode: commit every proposal above this confidence
 # block_sample options (greedy) of the exact schedule and of fast mode's parts
