@@ -68,25 +68,27 @@ def test_the_trained_bases_table_has_a_row_per_mode_asked_for():
 
     result = {"naive": {"accuracy": 0.5, "seconds": 2.0, "backbone_share": 0.8},
               "exact": {"accuracy": 0.5, "seconds": 1.0, "speedup_over_naive": 2.0, "accuracy_delta_points": 0.0,
-                        "backbone_share": 0.6},
+                        "backbone_share": 0.6, "layer_tokens_saving": 1.0},
               "kv_cache_prefix": {"accuracy": 0.25, "seconds": 0.5, "speedup_over_naive": 4.0,
-                                  "accuracy_delta_points": -25.0, "backbone_share": 0.25}}
+                                  "accuracy_delta_points": -25.0, "backbone_share": 0.25, "layer_tokens_saving": 1.5}}
     assert trained_bases_table({"sudoku": result, "countdown": None}, ["exact", "kv_cache_prefix"])[2:] == [
         "| mode | sudoku | countdown |", "|---|---|---|", "| naive | 0.5 in 2.0 s, layers 80% | n/a |",
-        "| exact | 0.5 in 1.0 s: 2.0x, +0.0 pts, layers 60% | n/a |",
-        "| kv_cache_prefix | 0.25 in 0.5 s: 4.0x, -25.0 pts, layers 25% | n/a |"]
+        "| exact | 0.5 in 1.0 s: 2.0x, +0.0 pts, layers 60%, 1.0x fewer layer tokens | n/a |",
+        "| kv_cache_prefix | 0.25 in 0.5 s: 4.0x, -25.0 pts, layers 25%, 1.5x fewer layer tokens | n/a |"]
 
 
-def test_the_backbone_share_counts_the_layer_calls_only_and_restores_the_model(tiny_llada):
+def test_layer_work_counts_the_layer_calls_only_and_restores_the_model(tiny_llada):
     import time
 
-    from gdsd_lightning.commands.bench import backbone_share
+    from gdsd_lightning.commands.bench import layer_work
 
     ids = torch.randint(3, 20, (4, 24))
-    assert backbone_share(tiny_llada, lambda: time.sleep(0.05)) == 0.0
-    forward_only = backbone_share(tiny_llada, lambda: tiny_llada(ids))
-    half_asleep = backbone_share(tiny_llada, lambda: (tiny_llada(ids), time.sleep(0.2)))
-    assert 0.5 < forward_only <= 1.0 and 0.0 < half_asleep < forward_only
+    assert layer_work(tiny_llada, lambda: time.sleep(0.05)) == {"backbone_share": 0.0, "layer_tokens": 0}
+    forward_only = layer_work(tiny_llada, lambda: tiny_llada(ids))
+    half_asleep = layer_work(tiny_llada, lambda: (tiny_llada(ids), tiny_llada(ids[:, :6]), time.sleep(0.2)))
+    assert 0.5 < forward_only["backbone_share"] <= 1.0
+    assert 0.0 < half_asleep["backbone_share"] < forward_only["backbone_share"]
+    assert (forward_only["layer_tokens"], half_asleep["layer_tokens"]) == (4 * 24, 4 * 24 + 4 * 6)
     assert "forward" not in vars(tiny_llada.transformer.base_model)     # the class's forward again
 
 

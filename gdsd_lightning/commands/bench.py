@@ -14,9 +14,11 @@
                (within a block, run only the block against cached keys/values of the rest): speed
                against the naive loop on the cases above, and on the trained tiny sudoku / countdown
                bases (skipped when not trained) the naive loop, the exact schedule and each fast
-               variant on the same test prompts: time, greedy accuracy and the share of the time
+               variant on the same test prompts: time, greedy accuracy, the share of the time
                spent in the transformer layers (`backbone_share`: 1 / (1 - share) bounds what any
-               cache of layer calls can gain).
+               cache of layer calls can gain) and the tokens the layers ran (`layer_tokens`; the
+               exact schedule's over a mode's, `layer_tokens_saving`, is what its cache and
+               threshold save in layer work).
     MFU        (CUDA only) a ~1B-parameter stand-in of LLaDA's shape in bf16: the loss pass (completion
                log-probs, forward + backward) and the exact sampler at batch 64, generation 256,
                block 32: time, tokens/s and model FLOPs utilisation = model FLOPs / time / the GPU's
@@ -142,16 +144,18 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 @contextmanager
 def backbone_clock(model: DiffusionLM):
     """Seconds spent in the transformer layers of `model` (its backbone's forward, every call,
-    cached or not) while inside, accumulated in the yielded one-element list."""
+    cached or not) and the tokens they ran, accumulated while inside in the yielded dict."""
     backbone = model.transformer.base_model
-    spent, original = [0.0], backbone.forward
+    spent, original = {"seconds": 0.0, "tokens": 0}, backbone.forward
 
     def clocked(*args, **kwargs):
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
         start = time.perf_counter()
         try:
             return original(*args, **kwargs)
         finally:
-            spent[0] += time.perf_counter() - start
+            spent["seconds"] += time.perf_counter() - start
+            spent["tokens"] += ids.numel()
 
     backbone.forward = clocked
     try:
@@ -160,14 +164,15 @@ def backbone_clock(model: DiffusionLM):
         del backbone.forward          # the class's forward again
 
 
-def backbone_share(model: DiffusionLM, run: Callable[[], object]) -> float:
-    """Fraction of one call of `run` spent in the transformer layers of `model`: what a cache can
-    save at most; 1 / (1 - share) bounds the speed-up of skipping every layer call."""
+def layer_work(model: DiffusionLM, run: Callable[[], object]) -> dict:
+    """One call of `run`: the share of its time spent in the transformer layers of `model`
+    (1 / (1 - share) bounds the speed-up of skipping every layer call) and the tokens the layers
+    ran (a cache's saving: the exact schedule's tokens / these)."""
     with backbone_clock(model) as spent:
         start = time.perf_counter()
         run()
         total = time.perf_counter() - start
-    return spent[0] / total
+    return {"backbone_share": round(spent["seconds"] / total, 3), "layer_tokens": spent["tokens"]}
 
 
 def bench_sandbox(repeats: int) -> dict:
@@ -227,10 +232,11 @@ def bench_trained_base(task_name: str, base: str, device: str, limit: int | None
         seconds, completions = timed(run, repeats)
         records = score(task, policy.decode(completions), examples)
         result[mode] = {"accuracy": round(sum(r["accuracy"] for r in records) / len(records), 4),
-                        "seconds": round(seconds, 3), "backbone_share": round(backbone_share(policy, run), 3)}
+                        "seconds": round(seconds, 3), **layer_work(policy, run)}
     for mode in modes:
         result[mode]["speedup_over_naive"] = round(result["naive"]["seconds"] / result[mode]["seconds"], 2)
         result[mode]["accuracy_delta_points"] = round(100 * (result[mode]["accuracy"] - result["exact"]["accuracy"]), 2)
+        result[mode]["layer_tokens_saving"] = round(result["exact"]["layer_tokens"] / result[mode]["layer_tokens"], 2)
     return result
 
 
@@ -419,8 +425,8 @@ def bench_scale(device: str, peak: float | None, model_shape: dict, loss: dict, 
 def trained_bases_table(bases: dict, modes: list[str]) -> list[str]:
     """The markdown lines of the trained-bases comparison: per mode and base, accuracy and time."""
     lines = ["Trained tiny bases, greedy on the test split: accuracy, time to sample it, speed-up over the naive "
-             "loop, accuracy change against the exact schedule, share of the time in the transformer layers "
-             "(n/a: base not trained):", "",
+             "loop, accuracy change against the exact schedule, share of the time in the transformer layers, "
+             "tokens the layers ran against the exact schedule's (n/a: base not trained):", "",
              "| mode | " + " | ".join(bases) + " |", "|---" * (len(bases) + 1) + "|"]
     for mode in ["naive", *modes]:
         cells = []
@@ -431,7 +437,8 @@ def trained_bases_table(bases: dict, modes: list[str]) -> list[str]:
                 cells.append(f"{r[mode]['accuracy']} in {r[mode]['seconds']} s, layers {r[mode]['backbone_share']:.0%}")
             else:
                 cells.append(f"{r[mode]['accuracy']} in {r[mode]['seconds']} s: {r[mode]['speedup_over_naive']}x, "
-                             f"{r[mode]['accuracy_delta_points']:+} pts, layers {r[mode]['backbone_share']:.0%}")
+                             f"{r[mode]['accuracy_delta_points']:+} pts, layers {r[mode]['backbone_share']:.0%}, "
+                             f"{r[mode]['layer_tokens_saving']}x fewer layer tokens")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return lines
 
