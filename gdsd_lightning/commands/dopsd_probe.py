@@ -34,8 +34,8 @@ from gdsd_lightning.experiment import load_experiment
 from gdsd_lightning.errors import UserError
 from gdsd_lightning.models.build import build_policy
 from gdsd_lightning.module import DiffusionRLModule
-from gdsd_lightning.objectives.dopsd import (block_layout, loss_positions, recorded_states, teacher_view,
-                                             topk_divergence)
+from gdsd_lightning.objectives.dopsd import (block_layout, loss_positions, teacher_view, topk_divergence,
+                                             trained_states)
 from gdsd_lightning.tasks import task_from_config
 
 
@@ -84,34 +84,30 @@ def dopsd_probe(experiment: str, rollouts: int = 4, split: str = "train",
 def probe_batch(policy, objective, batch, reference: torch.Tensor, counts: dict) -> dict[str, float]:
     """Summed figures over the gated rows' trained states and loss positions of one prepared batch."""
     states, blocks = batch.extras["states"], batch.extras["state_blocks"]
-    num_blocks, block_length = block_layout(blocks, states.shape[-1])
-    gate, chunk = batch.extras["gate"], batch.extras["chunk"]
-    picks = [(row, state) for row in range(batch.rows) if gate[row]
-             for state in range(objective.cfg.num_iterations * int(chunk[row]))]
-    counts["gated_rows"] += int(gate.sum())
+    _, block_length = block_layout(blocks, states.shape[-1])
+    picks = trained_states(batch, range(objective.cfg.num_iterations))
+    counts["gated_rows"] += int(batch.extras["gate"].sum())
     if not picks:
         return {}
     row_of, state_of = (torch.tensor(index) for index in zip(*picks))
-    counted = recorded_states(states, blocks, num_blocks, policy.mask_id, policy.eos_id, objective.cfg.record_last_block)
-    # the counts and permutations prepare used, the reference answer's tokens in place of the rollout's
-    oracle_states = teacher_view(states, reference, blocks, block_length, objective.cfg.rho, counted,
+    # prepare's counts and permutations, the reference answer's tokens in place of the rollout's
+    oracle_states = teacher_view(states, reference, blocks, block_length, objective.cfg.rho, batch.extras["counted"],
                                  policy.eos_id, generator_for(batch.mask_seed(0, 0), states.device))
-    views = {"student": states, "teacher": batch.extras["teacher_states"], "oracle": oracle_states}
+    views = {"student": (policy, states), "teacher": (objective.teacher, batch.extras["teacher_states"]),
+             "oracle": (objective.teacher, oracle_states)}
     prompt_ids, prompt_mask = batch.prompt_ids[row_of], batch.prompt_mask[row_of]
     prompt_len = prompt_ids.shape[1]
     block_cols = blocks[row_of, state_of].unsqueeze(1) * block_length + torch.arange(block_length)
-    logits = {name: objective.teacher.logits_at(*with_prompt(prompt_ids, prompt_mask, view[row_of, state_of]),
-                                                prompt_len + block_cols).float() for name, view in views.items()}
+    logits = {name: model.logits_at(*with_prompt(prompt_ids, prompt_mask, view[row_of, state_of]),
+                                    prompt_len + block_cols).float() for name, (model, view) in views.items()}
     masked = states[row_of, state_of].gather(1, block_cols) == policy.mask_id
     order = loss_positions(logits["teacher"], masked, objective.gen_length // states.shape[1])
+    picked = {name: torch.take_along_dim(value, order.unsqueeze(-1), dim=1) for name, value in logits.items()}
+    tokens = {name: value.argmax(-1) for name, value in picked.items()}
     cols = block_cols.gather(1, order)
     answer, own = reference[row_of].gather(1, cols), batch.completions[row_of].gather(1, cols)
-    tokens = {name: value.gather(1, order.unsqueeze(-1).expand(-1, -1, value.shape[-1])).argmax(-1)
-              for name, value in logits.items()}
-    picked_teacher = logits["teacher"].gather(1, order.unsqueeze(-1).expand(-1, -1, logits["teacher"].shape[-1]))
-    picked_student = logits["student"].gather(1, order.unsqueeze(-1).expand(-1, -1, logits["student"].shape[-1]))
-    top = picked_teacher.topk(min(objective.cfg.top_k_vocab, picked_teacher.shape[-1]), dim=-1)
-    terms = topk_divergence(picked_student.gather(-1, top.indices).log_softmax(-1), top.values.log_softmax(-1),
+    top = picked["teacher"].topk(min(objective.cfg.top_k_vocab, picked["teacher"].shape[-1]), dim=-1)
+    terms = topk_divergence(picked["student"].gather(-1, top.indices).log_softmax(-1), top.values.log_softmax(-1),
                             objective.cfg.beta, float("inf"))
     changed = tokens["teacher"] != tokens["student"]
     counts["states"] += len(picks)

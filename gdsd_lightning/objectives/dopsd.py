@@ -117,6 +117,14 @@ def teacher_view(states: torch.Tensor, final: torch.Tensor, blocks: torch.Tensor
     return view
 
 
+def trained_states(batch: RolloutBatch, iterations: range) -> list[tuple[int, int]]:
+    """(row, state) pairs the loss trains on at optimiser steps `iterations` (after `prepare`):
+    step i takes states i c_r .. (i + 1) c_r - 1 of each gated row r, c_r its `chunk`."""
+    chunk, gate = batch.extras["chunk"].tolist(), batch.extras["gate"].tolist()
+    return [(row, state) for row in range(batch.rows) if gate[row]
+            for step in iterations for state in range(step * chunk[row], (step + 1) * chunk[row])]
+
+
 def loss_positions(teacher_logits: torch.Tensor, still_masked: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (S, k) of the k still-masked positions (S, n) with the largest raw teacher logit,
     max over the vocabulary of `teacher_logits` (S, n, V) (the release's confidence: a logit, not
@@ -159,8 +167,8 @@ class DOPSD(Objective):
 
     @torch.no_grad()
     def prepare(self, policy: DiffusionLM, reference: DiffusionLM | None, batch: RolloutBatch) -> RolloutBatch:
-        """Gate the rows and build the teacher inputs: extras teacher_states (N, S, L), chunk (N,)
-        states per optimiser step, gate (N,) rows that train."""
+        """Gate the rows and build the teacher inputs: extras teacher_states (N, S, L), counted (N,)
+        states that count, chunk (N,) states per optimiser step, gate (N,) rows that train."""
         passed = batch.correct if self.cfg.gate_min_reward is None else batch.rewards >= self.cfg.gate_min_reward
         stats = {"gate_pass_fraction": passed.float().mean().item()}
         if self.cfg.skip_gated:
@@ -180,15 +188,13 @@ class DOPSD(Objective):
         batch.extras.update(
             teacher_states=teacher_view(states, batch.completions, blocks, block_length, self.cfg.rho, counted,
                                         policy.eos_id, generator_for(batch.mask_seed(0, 0), states.device)),
-            chunk=chunk, gate=passed & (chunk > 0))
+            counted=counted, chunk=chunk, gate=passed & (chunk > 0))
         batch.stats.update(counted_states=counted.float().mean().item(),
                            too_short_fraction=(passed & (chunk == 0)).float().mean().item())
         return batch
 
     def loss(self, policy: DiffusionLM, batch: RolloutBatch, iteration: int):
-        chunk, gate = batch.extras["chunk"].tolist(), batch.extras["gate"].tolist()
-        picks = [(row, state) for row in range(batch.rows) if gate[row]
-                 for state in range(iteration * chunk[row], (iteration + 1) * chunk[row])]  # this step's chunk
+        picks = trained_states(batch, range(iteration, iteration + 1))                 # this step's chunk
         if not picks:
             return zero_loss(policy), {"states_used": torch.tensor(0.0)}
         row_of, state_of = (torch.tensor(index) for index in zip(*picks))
