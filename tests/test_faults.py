@@ -1,5 +1,6 @@
 """Faults: non-finite steps are skipped and bounded; SIGKILL and SIGTERM in the middle of a run
-lose nothing, and the resumed run ends where the uninterrupted one does."""
+lose nothing, and the resumed run ends where the uninterrupted one does; a killed compare leaves no
+worker training behind."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +111,36 @@ def test_resuming_with_another_models_checkpoint_is_refused_in_one_sentence(tmp_
                          **{"method.num_iterations": 1, "model.hidden_size": 48})
     with pytest.raises(UserError, match="does not match experiment 'gdsd_tiny_sudoku' \\(parameter shapes"):
         train(load_experiment("gdsd_tiny_sudoku", wider))
+
+
+POOL_PARENT = """
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from gdsd_lightning.commands.compare import init_worker
+pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker)
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 300).result()
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_a_killed_compare_takes_its_workers_with_it():
+    parent = subprocess.Popen([sys.executable, "-c", POOL_PARENT], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    worker = int(parent.stdout.readline())
+    assert running(worker)
+    parent.kill()
+    parent.wait(timeout=30)
+    deadline = time.time() + 30
+    while running(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    if running(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the compare worker outlived its killed parent")

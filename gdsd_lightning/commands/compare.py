@@ -475,10 +475,19 @@ def recipe_mu_overrides(experiment: str, overrides: list[str]) -> list[str]:
             f"trainer.max_rollouts={t.max_rollouts or t.max_steps}"]
 
 
-def one_thread() -> None:
+def init_worker() -> None:
+    """A compare worker: one torch thread, and it exits as soon as the compare process is gone
+    (killed or stopped), so no orphaned worker goes on training and writing into runs/."""
+    import multiprocessing
+    import os
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
 
 
 def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
@@ -493,7 +502,7 @@ def run_all(runs: list[tuple], jobs: int) -> list[RunResult]:
 
     base = base_model(runs[0][1], runs[0][5])
     first = [run_one(*runs[0])] if base is not None and base[1] is None else []
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=one_thread) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker) as pool:
         return [*first, *pool.map(run_one, *zip(*runs[len(first):]))]
 
 
